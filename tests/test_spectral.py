@@ -235,7 +235,8 @@ def test_levels_need_fewer_batches_than_runs() -> None:
 
 def test_network_side_imports_no_torch() -> None:
     code = (
-        "import sys; import fedsim.network.gossip_events, fedsim.network.spectral; "
+        "import sys; import fedsim.network.gossip_events, fedsim.network.spectral, "
+        "fedsim.network.gossip_moments; "
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
