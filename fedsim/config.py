@@ -55,6 +55,7 @@ class AlgorithmConfig:
     # asynchronous decentralized algorithms (gossip_sgd, accelerated_gossip_sgd):
     gossip_rate: float = 1.0  # exchanges per edge per simulated second (Poisson)
     eval_interval_s: float = 1.0  # simulated seconds per evaluation row ("round")
+    step_times: str = "poisson"  # local steps: poisson (continuized) | back_to_back
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from fedsim.errors import ScenarioError
 from fedsim.network.availability import AVAILABILITY_MODELS
 from fedsim.network.clock import POLICIES
 from fedsim.network.compute import COMPUTE_MODELS
+from fedsim.network.decentralized_clock import STEP_TIMES
 
 DEVICES = ("cpu", "cuda", "auto")
 DECENTRALIZED_ALGORITHMS = ("dsgd", "gossip_sgd", "accelerated_gossip_sgd")
@@ -258,6 +259,7 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
     _positive(a.server_lr, "algorithm.server_lr")
     _positive(a.gossip_rate, "algorithm.gossip_rate")
     _positive(a.eval_interval_s, "algorithm.eval_interval_s")
+    _one_of(a.step_times, STEP_TIMES, "algorithm.step_times")
     _validate_network(sc, base_dir)
     if a.name in DECENTRALIZED_ALGORITHMS:
         _validate_decentralized(sc, base_dir)

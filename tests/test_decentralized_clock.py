@@ -147,7 +147,7 @@ def test_async_stream_is_sorted_and_well_formed() -> None:
     assert np.all(s.fired_s <= s.start_s) and np.all(s.start_s <= s.time)
     cost = 0.02 + 8 * 5000 / 10e6
     np.testing.assert_allclose((s.time - s.start_s)[ex], cost)
-    # each node's steps are back to back from 0
+    # each node's steps chain from 0: a step starts where the node's previous one ended
     for v in range(12):
         mine = s.kind[(s.i == v) & steps] == STEP
         t = s.time[(s.i == v) & steps]
@@ -157,19 +157,49 @@ def test_async_stream_is_sorted_and_well_formed() -> None:
     assert events.times.size == ex.sum() and np.all(np.diff(events.times) >= 0)
 
 
-def test_step_counts_follow_the_compute_model() -> None:
+def test_back_to_back_step_counts_follow_the_compute_model() -> None:
     const = AsyncGossipClock(_cfg(sps=0.125 / 4), ring(5), seed=0)  # 0.125 s per step
-    s = const.events(10.0, 4, nbytes=0, gossip_rate=0.0)
+    s = const.events(10.0, 4, nbytes=0, gossip_rate=0.0, step_times="back_to_back")
     assert np.array_equal(s.steps_per_node(), np.full(5, 80)) and s.num_events == 400
     sigma, n, t_end = 0.5, 40, 50.0
     clock = AsyncGossipClock(_cfg("lognormal", sps=0.01, sigma=sigma), ring(n), seed=7)
-    counts = clock.events(t_end, 10, nbytes=0, gossip_rate=0.0).steps_per_node()
+    counts = clock.events(t_end, 10, 0, 0.0, step_times="back_to_back").steps_per_node()
     mean = 0.1 * math.exp(sigma**2 / 2)
     var = 0.1**2 * (math.exp(sigma**2) - 1) * math.exp(sigma**2)
     per_node_sd = math.sqrt(t_end * var / mean**3)  # renewal CLT
     expected = t_end / mean
     assert abs(counts.mean() - expected) < 5 * per_node_sd / math.sqrt(n) + 1
     assert np.all(np.abs(counts - expected) < 6 * per_node_sd + 2)
+
+
+@pytest.mark.parametrize(
+    ("model", "mean_step"),
+    [("constant", 0.1), ("lognormal", 0.1 * math.exp(0.5**2 / 2)), ("shifted_exponential", 0.2)],
+)
+def test_poisson_steps_are_a_poisson_process_of_the_mean_step_rate(
+    model: str, mean_step: float
+) -> None:
+    """Counts per node: Poisson of mean t_end / mean step time (variance = mean); gaps
+    exponential (their coefficient of variation is 1, a renewal's of constant steps 0)."""
+    n, t_end = 200, 40.0
+    cfg = _cfg(model, sps=0.01, sigma=0.5, rate=1.0)
+    s = AsyncGossipClock(cfg, ring(n), seed=3).events(t_end, 10, nbytes=0, gossip_rate=0.0)
+    counts = s.steps_per_node()
+    lam = t_end / mean_step
+    assert abs(counts.mean() - lam) < 5 * math.sqrt(lam / n)
+    assert counts.var(ddof=1) == pytest.approx(lam, rel=0.3)  # sd of the ratio ~0.1
+    gaps = (s.time - s.start_s)[s.kind == STEP]
+    assert gaps.mean() == pytest.approx(mean_step, rel=0.03)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.05)
+    for v in (0, n - 1):  # starts chain: each step starts where the node's previous ended
+        mine = (s.i == v) & (s.kind == STEP)
+        assert s.start_s[mine][0] == 0.0
+        assert np.array_equal(s.start_s[mine][1:], s.time[mine][:-1])
+
+
+def test_unknown_step_times_is_refused() -> None:
+    with pytest.raises(ValueError, match="step_times.*poisson, back_to_back"):
+        AsyncGossipClock(_cfg(), ring(4)).events(1.0, 1, 0, 1.0, step_times="uniform")
 
 
 def test_exchange_counts_per_edge_are_poisson() -> None:
@@ -348,7 +378,7 @@ def test_link_table_and_user_errors() -> None:
 
 def test_edgeless_graph_has_steps_only() -> None:
     G = nx.empty_graph(3)
-    s = AsyncGossipClock(_cfg(sps=0.125), G).events(2.0, 1, 100, 5.0)
+    s = AsyncGossipClock(_cfg(sps=0.125), G).events(2.0, 1, 100, 5.0, "back_to_back")
     assert np.all(s.kind == STEP) and s.steps_per_node().tolist() == [16, 16, 16]
     r = SyncGossipClock(_cfg(sps=0.125), G).run_round(0, 1, 100)
     assert r.end_s == 0.125 and r.bytes_sent == 0

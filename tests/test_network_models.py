@@ -162,6 +162,31 @@ def test_compute_trace(tmp_path):
     assert t.tolist() == pytest.approx([1.0, 2.0, 1.0])
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ComputeConfig(model="constant", seconds_per_sample=0.5),
+        ComputeConfig(model="lognormal", seconds_per_sample=0.2, sigma=0.7),
+        ComputeConfig(model="shifted_exponential", seconds_per_sample=0.1, rate=0.5),
+    ],
+    ids=lambda c: c.model,
+)
+def test_mean_times_is_the_mean_of_the_draws(cfg):
+    n = 100_000
+    model = make_compute_model(cfg, n)
+    work = np.random.default_rng(1).uniform(1, 20, n)
+    clients = np.arange(n)
+    draws = model.times(clients, work, np.random.default_rng(2))
+    assert (draws / work).mean() == pytest.approx((model.mean_times(clients, work) / work).mean(),
+                                                  rel=0.02)
+
+
+def test_trace_mean_times_are_the_trace(tmp_path):
+    (tmp_path / "speeds.csv").write_text("client,seconds_per_sample\n0,0.1\n1,0.2\n")
+    model = make_compute_model(ComputeConfig(model="trace", trace="speeds.csv"), 2, tmp_path)
+    assert model.mean_times(np.array([1, 0]), np.array([10.0, 5.0])).tolist() == [2.0, 0.5]
+
+
 def test_compute_trace_missing_file_names_key_and_path(tmp_path):
     missing = tmp_path / "nope.csv"
     with pytest.raises(ScenarioError) as err:

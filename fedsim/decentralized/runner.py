@@ -12,7 +12,8 @@ model, row ``v`` of ``x [n, d]``. What is evaluated is the average model ``x.mea
 * ``gossip_sgd`` / ``accelerated_gossip_sgd``: one metrics row per evaluation interval of
   ``algorithm.eval_interval_s`` simulated seconds, ``rounds`` of them. The clock
   (:class:`~fedsim.network.decentralized_clock.AsyncGossipClock`) draws each node's local
-  steps (``batch_size`` samples each, back to back) and every edge's Poisson exchanges
+  steps (``batch_size`` samples each, at Poisson times or back to back:
+  ``algorithm.step_times``) and every edge's Poisson exchanges
   (``algorithm.gossip_rate`` per second), each costing the link's latency plus ``4 d``
   bytes over its bandwidth.
 
@@ -208,7 +209,7 @@ class DecentralizedRun:
         instants = interval * np.arange(1, sc.rounds + 1)
         clock = AsyncGossipClock(sc.network, self.graph, seed=sc.seed, base_dir=self.base_dir)
         t0 = time.perf_counter()
-        sched = clock.events(t_end, a.batch_size, self.nbytes, a.gossip_rate)
+        sched = clock.events(t_end, a.batch_size, self.nbytes, a.gossip_rate, a.step_times)
         eta = alpha = None
         if a.name == "accelerated_gossip_sgd":
             eta, alpha = accelerated_parameters(self.graph, a.gossip_rate)  # edges at the rate

@@ -130,6 +130,18 @@ class ComputeModel:
         """
         raise NotImplementedError
 
+    def mean_times(self, clients: np.ndarray, work: np.ndarray) -> np.ndarray:
+        """Expected compute seconds per client: the mean of :meth:`times`, no draw.
+
+        Args:
+            clients: ``[m]`` client ids.
+            work: ``[m]`` samples processed, >= 0.
+
+        Returns:
+            ``[m]`` float64 seconds.
+        """
+        raise NotImplementedError
+
 
 class ConstantCompute(ComputeModel):
     """``work * seconds_per_sample``: every client equally fast, no randomness."""
@@ -138,6 +150,9 @@ class ConstantCompute(ComputeModel):
         self.seconds_per_sample = seconds_per_sample
 
     def times(self, clients, work, rng):
+        return work * self.seconds_per_sample
+
+    def mean_times(self, clients, work):
         return work * self.seconds_per_sample
 
 
@@ -151,6 +166,9 @@ class LognormalCompute(ComputeModel):
     def times(self, clients, work, rng):
         factor = np.exp(self.sigma * rng.standard_normal(len(work)))
         return work * self.seconds_per_sample * factor
+
+    def mean_times(self, clients, work):
+        return work * self.seconds_per_sample * math.exp(self.sigma**2 / 2)
 
 
 class ShiftedExponentialCompute(ComputeModel):
@@ -169,6 +187,9 @@ class ShiftedExponentialCompute(ComputeModel):
         extra = rng.exponential(1.0 / self.rate, len(work))
         return work * self.seconds_per_sample * (1.0 + extra)
 
+    def mean_times(self, clients, work):
+        return work * self.seconds_per_sample * (1.0 + 1.0 / self.rate)
+
 
 class TraceCompute(ComputeModel):
     """``work * s_c`` with each client's own seconds per sample from a trace."""
@@ -177,6 +198,9 @@ class TraceCompute(ComputeModel):
         self.seconds_per_sample = np.asarray(seconds_per_sample, dtype=np.float64)
 
     def times(self, clients, work, rng):
+        return work * self.seconds_per_sample[clients]
+
+    def mean_times(self, clients, work):
         return work * self.seconds_per_sample[clients]
 
 

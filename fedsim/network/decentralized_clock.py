@@ -50,10 +50,14 @@ Bytes moved: ``nbytes`` per directed edge, ``2 |E| nbytes`` per round.
 
 Asynchronous gossip SGD. Over ``[0, t_end]``:
 
-* **Steps.** Every node runs local gradient steps back to back from time 0, each taking a
-  fresh compute-model draw for ``work_per_step`` samples: a renewal process per node
-  (``~ t_end / mean step time`` steps). A step is an event at its *end* (when its update
-  is applied); its ``start_s`` is the previous step's end (0 for the first).
+* **Steps.** Every node takes local gradient steps from time 0; a step is an event at
+  its *end* (when its update is applied) and its ``start_s`` is the previous step's end
+  (0 for the first). ``step_times="poisson"`` (default): the step ends of node ``v`` are
+  a Poisson process of rate ``1 / mean step time of v`` (the compute model's mean for
+  ``work_per_step`` samples): the continuized model of Even et al., where every node
+  acts at its own exponential clock's rings. ``step_times="back_to_back"``: the node
+  computes without pause, each step a fresh compute-model draw (a renewal process with
+  the compute model's own spread). Both take ``~ t_end / mean step time`` steps.
 * **Exchange clocks.** Every undirected edge fires as an independent Poisson process of
   rate ``gossip_rate`` per simulated second
   (:func:`~fedsim.network.gossip_events.poisson_edge_events`, stream
@@ -134,6 +138,7 @@ from fedsim.seeding import numpy_rng
 
 CONTENTIONS = ("duplex", "serial", "fair")
 BUSY_RULES = ("queue", "drop")
+STEP_TIMES = ("poisson", "back_to_back")
 STEP, EXCHANGE = 0, 1
 _FIRST_BLOCK = 16  # steps per node in the first block of draws (then doubling)
 _BLOCK_CELLS = 1 << 22  # at most this many draws per block
@@ -467,7 +472,8 @@ class AsyncGossipClock:
         self._compute: ComputeModel = make_compute_model(cfg.compute, self.num_nodes, base_dir)
 
     def events(self, t_end: float, work_per_step: float | Sequence[float], nbytes: int,
-               gossip_rate: float, max_events: int = 50_000_000) -> AsyncSchedule:
+               gossip_rate: float, step_times: str = "poisson",
+               max_events: int = 50_000_000) -> AsyncSchedule:
         """The stream of local steps and exchanges on ``[0, t_end]``.
 
         Args:
@@ -475,6 +481,7 @@ class AsyncGossipClock:
             work_per_step: samples one local step processes (a number, or ``[n]``), > 0.
             nbytes: size of the model each endpoint of an exchange sends.
             gossip_rate: rate of each edge's Poisson clock, per simulated second (>= 0).
+            step_times: ``"poisson"`` (default) or ``"back_to_back"``, see the module doc.
             max_events: refuse to draw more steps than this (a guard against a tiny
                 compute time or a huge horizon).
 
@@ -490,9 +497,12 @@ class AsyncGossipClock:
         rate = float(gossip_rate)
         if not (math.isfinite(rate) and rate >= 0):
             raise ValueError(f"gossip_rate must be finite and >= 0, got {gossip_rate}")
+        if step_times not in STEP_TIMES:
+            raise ValueError(f"unknown step_times {step_times!r}; allowed: "
+                             f"{', '.join(STEP_TIMES)}")
         w = _check_work(work_per_step, self.num_nodes, "work_per_step", positive=True)
         nbytes = _check_nbytes(nbytes)
-        s_node, s_start, s_end = self._steps(t_end, w, int(max_events))
+        s_node, s_start, s_end = self._steps(t_end, w, int(max_events), step_times)
         x = self._exchanges(t_end, nbytes, rate)
         x_fired, x_start, x_end, x_i, x_j, x_seq, dropped, unfinished = x
         kind = np.concatenate((np.zeros(s_node.size, np.int8), np.ones(x_i.size, np.int8)))
@@ -507,9 +517,9 @@ class AsyncGossipClock:
             fired_s=np.concatenate((s_start, x_fired))[order],
             t_end=t_end, num_nodes=self.num_nodes, dropped=dropped, unfinished=unfinished)
 
-    def _steps(self, t_end: float, w: np.ndarray, max_events: int
+    def _steps(self, t_end: float, w: np.ndarray, max_events: int, step_times: str
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every node's back-to-back local steps ending by ``t_end``: node, start, end."""
+        """Every node's local steps ending by ``t_end``: node, start, end."""
         rng = numpy_rng(self.seed, "network/compute")
         n = self.num_nodes
         offset = np.zeros(n)  # end of each node's last drawn step
@@ -518,7 +528,12 @@ class AsyncGossipClock:
         block, total = _FIRST_BLOCK, 0
         while active.size:
             clients = np.repeat(active, block)
-            dur = np.asarray(self._compute.times(clients, w[clients], rng), dtype=np.float64)
+            if step_times == "poisson":  # exponential gaps of the node's mean step time
+                mean = self._compute.mean_times(clients, w[clients])
+                dur = rng.standard_exponential(clients.size) * mean
+            else:
+                dur = self._compute.times(clients, w[clients], rng)
+            dur = np.asarray(dur, dtype=np.float64)
             if not (np.isfinite(dur).all() and dur.min() > 0):
                 bad = int(clients[np.flatnonzero(~(np.isfinite(dur) & (dur > 0)))[0]])
                 raise ValueError(f"node {bad}: a local step must take a finite time > 0 "
