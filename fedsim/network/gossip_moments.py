@@ -1,4 +1,4 @@
-"""Exact asymptotic decay rate of ``E ||x(t) - mean||^2`` for randomized gossip (numpy only).
+"""Exact decay rates of ``E ||x(t) - mean||^2`` for randomized and accelerated gossip (numpy).
 
 :func:`~fedsim.network.spectral.predicted_rates` gives the guaranteed rates (lower bounds)
 and :func:`~fedsim.network.spectral.mean_dynamics_rates` the rates of the expected states
@@ -24,9 +24,9 @@ Taking expectations over the clocks (``L = sum_e p_e u_e u_e^T``, ``w_e = b kron
 
 A decaying mode ``Sigma(t) = e^{-r t} S`` solves ``(M + r/2) S + S (M + r/2)^T =
 -(a a^T) kron U diag(p q) U^T`` with ``q_e = w_e^T S w_e`` (``u_e^T S_xx u_e`` for both
-methods). In the eigenbasis ``Phi`` of ``L`` the left side splits into ``k x k`` blocks,
-one per pair of modes ``(k, l)``, so ``q = F(r) q`` with the nonnegative ``E x E``
-matrix::
+methods). In the eigenbasis ``Phi`` of ``L`` the left side splits into blocks (1x1 for
+Boyd, 2x2 accelerated), one per pair of modes ``(k, l)``, so ``q = F(r) q`` with the
+nonnegative ``E x E`` matrix::
 
     F(r)_fe = p_e sum_{k,l} phi_fk phi_fl s_kl(r) phi_ek phi_el,   phi_e = Phi^T u_e,
     s_kl(r) = b^T S_kl b,  m_k S_kl + S_kl m_l^T + r S_kl = -a a^T,  m_k = B + lambda_k a b^T.
@@ -81,8 +81,8 @@ def switched_rate(G: nx.Graph, B, a, b, rates: Rates = 1.0, rtol: float = 1e-10)
 
     Args:
         G: connected undirected graph.
-        B: ``[k, k]`` per-node flow between events.
-        a, b: ``[k]`` an event on ``e`` applies ``I + a b^T kron u_e u_e^T``.
+        B: ``[dim, dim]`` per-node flow between events (``dim`` variables per node).
+        a, b: ``[dim]`` an event on ``e`` applies ``I + a b^T kron u_e u_e^T``.
         rates: edge rates.
         rtol: relative tolerance of the bisection on ``r``.
 
@@ -99,19 +99,19 @@ def switched_rate(G: nx.Graph, B, a, b, rates: Rates = 1.0, rtol: float = 1e-10)
     A = Phi[u] - Phi[v]  # [E, n-1], row e = phi_e = Phi^T u_e
     R = (A[:, :, None] * A[:, None, :]).reshape(E, -1)  # [E, (n-1)^2]: phi_ek phi_el
     sqrt_p = np.sqrt(p)
-    m = B + lam[:, None, None] * np.outer(a, b)  # [n-1, k, k]: the block of M on mode k
-    k = B.shape[0]
-    eye = np.eye(k)
+    m = B + lam[:, None, None] * np.outer(a, b)  # [n-1, dim, dim]: M's block on mode k
+    dim = B.shape[0]  # variables per node
+    eye = np.eye(dim)
     # (k, l) block of the Lyapunov operator, row-major vec: m_k kron I + I kron m_l
-    left = np.einsum("qic,jd->qijcd", m, eye).reshape(-1, 1, k * k, k * k)
-    right = np.einsum("ic,qjd->qijcd", eye, m).reshape(1, -1, k * k, k * k)
-    lyap = left + right  # [n-1, n-1, k^2, k^2]
-    bb = np.outer(b, b).reshape(k * k)
-    rhs = np.broadcast_to(-np.outer(a, a).reshape(k * k, 1), lyap.shape[:3] + (1,))
+    left = np.einsum("qic,jd->qijcd", m, eye).reshape(-1, 1, dim * dim, dim * dim)
+    right = np.einsum("ic,qjd->qijcd", eye, m).reshape(1, -1, dim * dim, dim * dim)
+    lyap = left + right  # [n-1, n-1, dim^2, dim^2]
+    bb = np.outer(b, b).reshape(dim * dim)
+    rhs = np.broadcast_to(-np.outer(a, a).reshape(dim * dim, 1), lyap.shape[:3] + (1,))
 
     def perron(r: float) -> float:
         """Perron root of F(r), via the symmetric matrix similar to it."""
-        s = np.linalg.solve(lyap + r * np.eye(k * k), rhs)
+        s = np.linalg.solve(lyap + r * np.eye(dim * dim), rhs)
         sym = (R * (s[..., 0] @ bb).reshape(-1)) @ R.T  # s_kl = b^T S_kl b
         return float(np.linalg.eigvalsh(sqrt_p[:, None] * sym * sqrt_p[None, :])[-1])
 
