@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim.bench import flower_bench
+from fedsim.bench import flower_bench, processes
 from fedsim.bench.workload import Workload
 from fedsim.population import Population
 
@@ -89,12 +89,12 @@ def test_bench_flower_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
         assert figures["max_abs_diff_final_model"] < 1e-4
         assert figures["ratio_flower_over_fedsim_per_round"] > 0
         # everything Flower and Ray started is gone, and so are their files
-        assert flower_bench.processes_mentioning(base) == []
+        assert processes.processes_mentioning(base) == []
         assert [c for c in psutil.Process().children(recursive=True)
                 if c.status() != psutil.STATUS_ZOMBIE] == []
         # (torch itself may leave a cache folder in the temp dir; the bench's dirs start "fl")
         assert [d.name for d in Path(base).iterdir() if d.name.startswith("fl")] == []
     finally:
-        for p in flower_bench.processes_mentioning(base):  # only if the checks above failed
+        for p in processes.processes_mentioning(base):  # only if the checks above failed
             p.kill()
         shutil.rmtree(base, ignore_errors=True)

@@ -33,6 +33,11 @@ its arrival order from fedsim's own clock, the shuffles from the *training*
 stream with the same torch ops as ``Population._draw_orders``), and each client
 looks up its order by its partition id and the server round. So the two final
 global models must agree up to float32 summation order.
+
+Code: this module (the CLI, the fedsim side, the matching sample orders, launching the
+child and reading its figures); :mod:`fedsim.bench.flower_child` (what runs inside the
+child: the ServerApp and ClientApp); :mod:`fedsim.bench.processes` (the child's
+environment, stopping it and reaping what it left behind).
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,26 +59,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from fedsim.bench.flower_child import DATA, FINAL, LOG, ORDERS, RAY_DIR, RESULT, SPEC
+from fedsim.bench.processes import child_env, reap, stop_group, temp_root
 from fedsim.bench.workload import Workload
 from fedsim.errors import FedsimError
 
 # Final models "agree" when allclose with these tolerances (float32 sums in another order).
 AGREE_ATOL = 1e-4
 AGREE_RTOL = 1e-4
-# Files the parent and the Flower child exchange inside the temporary directory.
-_SPEC = "spec.json"
-_DATA = "data.npz"
-_ORDERS = "orders.npy"
-_RESULT = "result.json"
-_FINAL = "final.npy"
-_LOG = "flower.log"
-# Ray's temp dir inside ours; short, since Ray's unix socket paths below it must stay < 108 bytes.
-_RAY_DIR = "r"
-_MAX_TEMP_ROOT = 28
-# Per-process cache of the client inputs inside a Ray worker (see ``_client_inputs``).
-_CLIENT_CACHE: dict[str, dict[str, Any]] = {}
-
-
 # ---------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``fedsim bench flower``."""
@@ -375,7 +367,7 @@ def run_flower(w: Workload, timeout_s: float, client_cpus: float, log: TextIO) -
         ``final_params`` (numpy ``[d]``), ``leftovers_killed``; or ``error`` with
         whatever was measured when the run failed.
     """
-    with tempfile.TemporaryDirectory(prefix="fl", dir=_temp_root(),
+    with tempfile.TemporaryDirectory(prefix="fl", dir=temp_root(),
                                      ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         write_flower_inputs(work, w, timeout_s, client_cpus)
@@ -385,7 +377,7 @@ def run_flower(w: Workload, timeout_s: float, client_cpus: float, log: TextIO) -
         if out.get("final_params") is None and not out.get("error"):
             out["error"] = "the Flower run wrote no final model"
         if out.get("error"):
-            tail = _tail(work / _LOG, 25)
+            tail = _tail(work / LOG, 25)
             print(f"  Flower failed: {out['error']}\n  --- last lines of its log ---\n{tail}",
                   file=log, flush=True)
         elif out.get("round_s"):
@@ -400,18 +392,6 @@ def run_flower(w: Workload, timeout_s: float, client_cpus: float, log: TextIO) -
     return out
 
 
-def _temp_root() -> str | None:
-    """Parent of the run's temp dir: the default one, or /tmp when that is too long.
-
-    Ray puts unix sockets at ``<dir>/r/session_<date>_<pid>/sockets/plasma_store``,
-    about 78 characters below the default temp dir, and Linux allows 107 in all.
-    """
-    root = tempfile.gettempdir()
-    if len(root) > _MAX_TEMP_ROOT and os.path.isdir("/tmp"):
-        return "/tmp"
-    return None
-
-
 def write_flower_inputs(work: Path, w: Workload, timeout_s: float, client_cpus: float) -> None:
     """Write what the Flower child reads into ``work``: spec, data, sample orders, folders.
 
@@ -424,39 +404,19 @@ def write_flower_inputs(work: Path, w: Workload, timeout_s: float, client_cpus: 
     from fedsim.bench import workload
 
     data = workload.make_data(w)
-    for sub in (_RAY_DIR, "flwr_home", "tmp"):
+    for sub in (RAY_DIR, "flwr_home", "tmp"):
         (work / sub).mkdir()
     width = max(len(ix) for ix in data.client_indices)
     idx = np.zeros((w.clients, width), dtype=np.int64)
     for c, ix in enumerate(data.client_indices):
         idx[c, : len(ix)] = ix
-    np.savez(work / _DATA, x=data.x_train, y=data.y_train, idx=idx,
+    np.savez(work / DATA, x=data.x_train, y=data.y_train, idx=idx,
              counts=np.array([len(ix) for ix in data.client_indices]))
-    np.save(work / _ORDERS, sample_orders(w))
-    (work / _SPEC).write_text(json.dumps({
+    np.save(work / ORDERS, sample_orders(w))
+    (work / SPEC).write_text(json.dumps({
         "workload": asdict(w), "client_cpus": client_cpus, "timeout_s": timeout_s,
         "num_cpus": os.cpu_count() or 1,
     }))
-
-
-def _child_env(work: Path) -> dict[str, str]:
-    """Environment of the Flower child: no telemetry, state and temp files under ``work``."""
-    env = dict(os.environ)
-    for key in ("RAY_ADDRESS", "RAY_NAMESPACE"):
-        env.pop(key, None)
-    env.update(
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_HOME=str(work / "flwr_home"),
-        RAY_TMPDIR=str(work / _RAY_DIR),
-        RAY_USAGE_STATS_ENABLED="0",
-        # Linux resolves Ray's node address from the outward interface; with this
-        # Ray takes the loopback address, so its servers are reached on 127.0.0.1.
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-        TMPDIR=str(work / "tmp"),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def _launch_child(work: Path, timeout_s: float) -> dict:
@@ -464,12 +424,11 @@ def _launch_child(work: Path, timeout_s: float) -> dict:
     import psutil
 
     launch = time.time()
-    code = ("import sys; from fedsim.bench.flower_bench import _flower_child; "
-            "_flower_child(sys.argv[1])")
+    code = "import sys; from fedsim.bench.flower_child import main; main(sys.argv[1])"
     seen: dict[int, float] = {}  # pid -> create_time of every descendant seen
     error = None
-    with open(work / _LOG, "wb") as logf:
-        proc = subprocess.Popen([sys.executable, "-c", code, str(work)], env=_child_env(work),
+    with open(work / LOG, "wb") as logf:
+        proc = subprocess.Popen([sys.executable, "-c", code, str(work)], env=child_env(work),
                                 stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=work)
         try:
@@ -490,116 +449,23 @@ def _launch_child(work: Path, timeout_s: float) -> dict:
                 break
             time.sleep(0.2)
         if error:
-            _stop_group(proc)
+            stop_group(proc)
     exited = time.time()
-    killed = _reap(seen, str(work) + os.sep)
+    killed = reap(seen, str(work) + os.sep)
     out: dict[str, Any] = {"leftovers_killed": killed, "total_s": exited - launch}
     if error is None and proc.returncode != 0:
         error = f"the Flower process exited with code {proc.returncode}"
-    result_path = work / _RESULT
+    result_path = work / RESULT
     if result_path.exists():
         marks = json.loads(result_path.read_text())
         out.update(_flower_figures(marks, launch, exited))
         if marks.get("error") and error is None:
             error = marks["error"]
-    if (work / _FINAL).exists() and error is None:
-        out["final_params"] = np.load(work / _FINAL)
+    if (work / FINAL).exists() and error is None:
+        out["final_params"] = np.load(work / FINAL)
     if error:
         out["error"] = error
     return out
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop the child: SIGINT first, so it shuts Ray down and reaps Ray's processes itself;
-    then SIGTERM and SIGKILL to its whole process group (it leads its own session)."""
-    steps = ((signal.SIGINT, False, 20.0), (signal.SIGTERM, True, 10.0),
-             (signal.SIGKILL, True, 5.0))
-    for sig, group, wait_s in steps:
-        try:
-            if group:
-                os.killpg(proc.pid, sig)
-            else:
-                proc.send_signal(sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _reap(seen: dict[int, float], marker: str, grace_s: float = 10.0) -> int:
-    """Stop processes the Flower run left behind; returns how many had to be stopped.
-
-    Candidates are the child's descendants seen while it ran (matched by pid and
-    creation time, so a reused pid is never touched) and every process that names
-    our temporary directory in its command line or environment (Ray's servers and
-    workers inherit the child's ``TMPDIR`` and ``RAY_TMPDIR``, which lie inside it).
-    Those still running ``grace_s`` seconds later get SIGTERM, then SIGKILL.
-    """
-    import psutil
-
-    left: dict[int, psutil.Process] = {}
-    for pid, created in seen.items():
-        try:
-            p = psutil.Process(pid)
-            if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                left[pid] = p
-        except psutil.Error:
-            continue
-    for p in processes_mentioning(marker):
-        left.setdefault(p.pid, p)
-    # Ray workers exit on their own shortly after their raylet stops: give them a moment.
-    procs = _still_running(list(left.values()), grace_s)
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    for p in _still_running(procs, 5.0):
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    _still_running(procs, 5.0)
-    return len(procs)
-
-
-def processes_mentioning(marker: str) -> list:
-    """Running processes (not zombies, not this one) whose command line or environment
-    contains ``marker``; processes we may not inspect are skipped."""
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if (any(marker in a for a in (p.info["cmdline"] or []))
-                    or any(marker in v for v in p.environ().values())):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
-def _still_running(procs: list, timeout_s: float) -> list:
-    """The processes of ``procs`` still running (zombies count as ended) after waiting."""
-    import psutil
-
-    def running(p: psutil.Process) -> bool:
-        try:
-            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
-    deadline = time.monotonic() + timeout_s
-    alive = [p for p in procs if running(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [p for p in alive if running(p)]
-    return alive
 
 
 def _flower_figures(marks: dict, launch: float, exited: float) -> dict:
@@ -633,161 +499,3 @@ def _tail(path: Path, lines: int) -> str:
         return ""
 
 
-# ------------------------------------------- inside the Flower child process
-def _flower_child(work_dir: str) -> None:
-    """Entry point of the child: run Flower's simulation and write marks and final model."""
-    t0 = time.time()
-    work = Path(work_dir)
-    spec = json.loads((work / _SPEC).read_text())
-    w = Workload(**spec["workload"])
-    import torch  # noqa: F401 - counted as import time, like a Flower user's script
-    from flwr.simulation import run_simulation
-
-    marks: dict[str, Any] = {"child_start": t0, "imported": time.time(), "round_end": []}
-    server_app = _make_server_app(w, marks, work, float(spec["timeout_s"]))
-    client_app = _make_client_app(str(work))
-    backend_config = {
-        "client_resources": {"num_cpus": float(spec["client_cpus"]), "num_gpus": 0.0},
-        "init_args": {
-            "_temp_dir": str(work / _RAY_DIR),
-            "num_cpus": int(spec["num_cpus"]),
-            "num_gpus": 0,
-            "include_dashboard": False,
-            "object_store_memory": 256 * 2**20,
-            "_node_ip_address": "127.0.0.1",
-        },
-    }
-    try:
-        marks["run_simulation"] = time.time()
-        run_simulation(server_app=server_app, client_app=client_app,
-                       num_supernodes=w.clients, backend_name="ray",
-                       backend_config=backend_config)
-        marks["returned"] = time.time()
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, then re-raised
-        marks["error"] = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-        marks["ray_down"] = time.time()
-        (work / _RESULT).write_text(json.dumps(marks))
-
-
-def _make_server_app(w: Workload, marks: dict, work: Path, timeout_s: float) -> Any:
-    """A ServerApp running FedAvg (all nodes every round) that records round timestamps."""
-    from flwr.app import ArrayRecord, ConfigRecord
-    from flwr.serverapp import ServerApp
-    from flwr.serverapp.strategy import FedAvg
-    from torch.nn.utils import parameters_to_vector
-
-    from fedsim.bench.workload import make_model
-
-    class TimedFedAvg(FedAvg):
-        """FedAvg that notes when round 1's first client began and when each round ended."""
-
-        def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN201
-            replies = list(replies)
-            if server_round == 1:  # when the first ClientApp began its local training
-                starts = [float(r.content["metrics"]["t-start"]) for r in replies
-                          if not r.has_error()]
-                marks["first_client_start"] = min(starts, default=None)
-            result = super().aggregate_train(server_round, replies)
-            marks["round_end"].append(time.time())
-            return result
-
-    app = ServerApp()
-
-    @app.main()
-    def main(grid, context) -> None:  # noqa: ANN001
-        model = make_model(w)
-        strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=0.0,
-                               min_train_nodes=w.clients, min_available_nodes=w.clients)
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                                train_config=ConfigRecord({"lr": w.lr}),
-                                num_rounds=w.rounds, timeout=timeout_s)
-        model.load_state_dict(result.arrays.to_torch_state_dict())
-        np.save(work / _FINAL, parameters_to_vector(model.parameters()).detach().numpy())
-
-    return app
-
-
-def _make_client_app(work_dir: str) -> Any:
-    """A ClientApp whose train handler runs ``_client_train`` (pickled to the Ray actors)."""
-    from flwr.clientapp import ClientApp
-
-    app = ClientApp()
-
-    @app.train()
-    def train(msg, context):  # noqa: ANN001, ANN202
-        return _client_train(msg, context, work_dir)
-
-    return app
-
-
-def _client_inputs(work_dir: str) -> dict[str, Any]:
-    """The workload, training data and sample orders, loaded once per Ray worker process."""
-    cached = _CLIENT_CACHE.get(work_dir)
-    if cached is None:
-        import torch
-
-        work = Path(work_dir)
-        spec = json.loads((work / _SPEC).read_text())
-        arrays = np.load(work / _DATA)
-        cached = {
-            "workload": Workload(**spec["workload"]),
-            "x": torch.from_numpy(arrays["x"]), "y": torch.from_numpy(arrays["y"]),
-            "idx": torch.from_numpy(arrays["idx"]), "counts": arrays["counts"],
-            "orders": torch.from_numpy(np.load(work / _ORDERS).astype(np.int64)),
-        }
-        _CLIENT_CACHE[work_dir] = cached
-    return cached
-
-
-def _client_train(msg: Any, context: Any, work_dir: str) -> Any:
-    """One Flower client's local training, written as a Flower + PyTorch user would.
-
-    Loads the global model into an ``nn.Module``, runs ``epochs`` passes of
-    ``torch.optim.SGD`` (no momentum) over minibatches of its own samples in the
-    order fedsim drew for this client and round, and replies with the new weights
-    and ``num-examples`` (FedAvg's weight).
-    """
-    t_start = time.time()  # for the bench only: when Flower got this client running
-    import torch
-    import torch.nn.functional as F
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-
-    from fedsim.bench.workload import make_model
-
-    torch.set_num_threads(1)
-    inp = _client_inputs(work_dir)
-    w: Workload = inp["workload"]
-    cid = int(context.node_config["partition-id"])
-    config = msg.content["config"]
-    rnd, lr = int(config["server-round"]), float(config["lr"])
-    n = int(inp["counts"][cid])
-    own = inp["idx"][cid, :n]
-    x, y = inp["x"][own], inp["y"][own]
-
-    model = make_model(w)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    loss_sum, steps = 0.0, 0
-    for epoch in range(w.epochs):
-        order = inp["orders"][rnd - 1, cid, epoch, :n]
-        for start in range(0, n, w.batch_size):
-            batch = order[start : start + w.batch_size]
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x[batch]), y[batch])
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item()
-            steps += 1
-    content = RecordDict({
-        "arrays": ArrayRecord(model.state_dict()),
-        "metrics": MetricRecord({"train_loss": loss_sum / max(steps, 1), "num-examples": n,
-                                 "t-start": t_start}),
-    })
-    return Message(content=content, reply_to=msg)
