@@ -14,10 +14,10 @@ from fedsim.network.topology import (
     BUILDERS,
     available_topologies,
     build_topology,
-    load_topology,
     resolve_topology,
     with_link_defaults,
 )
+from fedsim.network.topology_files import load_topology
 from fedsim.network.topology_report import describe_topology, draw_topology, format_report
 
 REPO = Path(__file__).resolve().parents[1]
