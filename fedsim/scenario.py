@@ -17,10 +17,10 @@ from typing import Any
 
 from fedsim.config import Scenario
 from fedsim.errors import ScenarioError
+from fedsim.network.async_gossip_clock import STEP_TIMES
 from fedsim.network.availability import AVAILABILITY_MODELS
 from fedsim.network.clock import POLICIES
 from fedsim.network.compute import COMPUTE_MODELS
-from fedsim.network.decentralized_clock import STEP_TIMES
 
 DEVICES = ("cpu", "cuda", "auto")
 DECENTRALIZED_ALGORITHMS = ("dsgd", "gossip_sgd", "accelerated_gossip_sgd")

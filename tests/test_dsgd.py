@@ -15,7 +15,7 @@ from fedsim.decentralized import accelerated_gossip, randomized_gossip
 from fedsim.decentralized.dsgd import async_gossip_sgd, dsgd_round, plan_async
 from fedsim.decentralized.runner import train_rows
 from fedsim.errors import ScenarioError
-from fedsim.network.decentralized_clock import AsyncGossipClock
+from fedsim.network.async_gossip_clock import AsyncGossipClock
 from fedsim.network.mixing import metropolis_weights
 from fedsim.network.spectral import accelerated_parameters
 from fedsim.network.topology import ring, torus

@@ -1,8 +1,9 @@
 """Decentralized SGD on stacked node states ``x [n, d]``: D-SGD and (accelerated) gossip SGD.
 
 Node ``v`` holds row ``v`` of ``x`` (its own model) and the data of client ``v``; there is
-no server. The clock (:mod:`fedsim.network.decentralized_clock`) says *when* a node steps
-and which edge exchanges; the functions here say *what* that does to the rows.
+no server. The clocks (:mod:`fedsim.network.sync_gossip_clock`,
+:mod:`fedsim.network.async_gossip_clock`) say *when* a node steps and which edge
+exchanges; the functions here say *what* that does to the rows.
 
 * :func:`dsgd_round` -- synchronous D-SGD (Lian et al. 2017), the adapt-then-combine form:
   every node runs local SGD from its own row, then ``x <- W x``.
@@ -24,7 +25,7 @@ accelerated, not the optimisation; with ``lr = 0`` the method is accelerated gos
 exactly.
 
 Every function applies a stream batch by batch (node-disjoint events, each node's order
-kept: :func:`fedsim.network.decentralized_clock.batches`), which equals applying the
+kept: :func:`fedsim.network.async_gossip_clock.batches`), which equals applying the
 events one by one.
 
 References:
@@ -46,7 +47,7 @@ import torch
 from torch import Tensor
 
 from fedsim.decentralized.gossip import _accelerated_pairs, _average_pairs, _mix
-from fedsim.network.decentralized_clock import (
+from fedsim.network.async_gossip_clock import (
     STEP,
     AsyncSchedule,
     batches,

@@ -6,12 +6,12 @@ summary.json, scenario.toml), plus ``consensus.csv``. Node ``v`` of the graph (i
 model, row ``v`` of ``x [n, d]``. What is evaluated is the average model ``x.mean(0)``.
 
 * ``dsgd``: one metrics row per synchronous round. The clock
-  (:class:`~fedsim.network.decentralized_clock.SyncGossipClock`) times every node's local
+  (:class:`~fedsim.network.sync_gossip_clock.SyncGossipClock`) times every node's local
   work (``local_epochs`` passes over its samples) and the exchange of models with its
   neighbours (``4 d`` bytes per message); the round ends at the barrier.
 * ``gossip_sgd`` / ``accelerated_gossip_sgd``: one metrics row per evaluation interval of
   ``algorithm.eval_interval_s`` simulated seconds, ``rounds`` of them. The clock
-  (:class:`~fedsim.network.decentralized_clock.AsyncGossipClock`) draws each node's local
+  (:class:`~fedsim.network.async_gossip_clock.AsyncGossipClock`) draws each node's local
   steps (``batch_size`` samples each, at Poisson times or back to back:
   ``algorithm.step_times``) and every edge's Poisson exchanges
   (``algorithm.gossip_rate`` per second), each costing the link's latency plus ``4 d``
@@ -166,8 +166,8 @@ class DecentralizedRun:
 
     # ------------------------------------------------------------------ D-SGD
     def _play_sync(self, emit) -> None:
-        from fedsim.network.decentralized_clock import SyncGossipClock
         from fedsim.network.mixing import metropolis_weights
+        from fedsim.network.sync_gossip_clock import SyncGossipClock
 
         sc, a = self.sc, self.sc.algorithm
         clock = SyncGossipClock(sc.network, self.graph, seed=sc.seed, base_dir=self.base_dir)
@@ -200,7 +200,7 @@ class DecentralizedRun:
 
     # ------------------------------------------------------------------ asynchronous
     def _play_async(self, emit) -> None:
-        from fedsim.network.decentralized_clock import STEP, AsyncGossipClock
+        from fedsim.network.async_gossip_clock import STEP, AsyncGossipClock
         from fedsim.network.spectral import accelerated_parameters
 
         sc, a = self.sc, self.sc.algorithm

@@ -133,7 +133,7 @@ def _arrival_times(rate: float, t_end: float, rng: np.random.Generator) -> np.nd
     return times[: np.searchsorted(times, t_end, side="right")]
 
 
-Stream = Any  # EdgeEvents, or decentralized_clock.AsyncSchedule (steps have j = -1)
+Stream = Any  # EdgeEvents, or async_gossip_clock.AsyncSchedule (steps have j = -1)
 
 
 def _times(stream: Stream) -> np.ndarray:

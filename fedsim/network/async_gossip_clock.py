@@ -1,52 +1,15 @@
-"""The simulated clock of decentralized learning: D-SGD rounds and asynchronous gossip SGD.
+"""The simulated clock of asynchronous (continuized) gossip SGD.
 
 The clock says when; the algorithm says what. This module (numpy only, never torch)
-turns a graph with links, a compute model and message sizes into timings that a runner
-replays with tensor work:
-
-* :class:`SyncGossipClock` -- synchronous rounds of decentralized SGD: every node
-  computes, sends its model to each neighbour, and waits for all of its neighbours'
-  models; a barrier closes the round (:class:`DecentralizedRound`).
-* :class:`AsyncGossipClock` -- asynchronous (continuized) gossip SGD: a time-ordered
-  stream of local gradient steps and pairwise exchanges (:class:`AsyncSchedule`), with
-  helpers for the accelerated variant (:func:`elapsed_times`, :func:`last_event_times`)
-  and a split of the stream into node-disjoint batches (:func:`batches`).
-
-Conventions (shared by both clocks):
-
-* **Nodes.** One learner per graph node; node ``v`` is the rank of ``v`` in
-  ``sorted(G.nodes)`` (for the graphs of :mod:`fedsim.network.topology`, node ``v`` is
-  ``v``). That rank is also the client id passed to the compute model (trace rows).
-* **Links.** Every undirected edge is one full-duplex link whose ``latency_s`` (one way)
-  and ``bandwidth_bps`` come from the edge's attributes, missing ones from
-  ``NetworkConfig.latency_s`` / ``bandwidth_bps``
-  (:func:`~fedsim.network.topology.with_link_defaults`). A message of ``nbytes`` alone on a
-  link takes ``latency_s + 8 * nbytes / bandwidth_bps``. Self loops are ignored.
-* **Compute.** A node's local work of ``work`` samples takes what
-  ``make_compute_model(cfg.compute, n, base_dir)`` draws, from the stream
-  ``seeding.numpy_rng(seed, "network/compute")``. ``cfg.availability``, ``policy`` and
-  ``deadline_s`` belong to federated rounds and are not used here.
-
-Synchronous rounds (D-SGD). A round starts at :attr:`SyncGossipClock.now`. Node ``v``
-computes (``compute_done_s[v] = start + compute time``), then sends ``nbytes`` to each
-neighbour. Node ``v`` is done when it has computed and received every neighbour's model
-(``done_s[v]``; a node with no neighbour is done when it has computed); a barrier ends
-the round at the last node's ``done_s``, and the next round starts there. Messages that
-arrive while the receiver still computes are buffered (receiving costs nothing).
-How a node's sends share its sender (``contention``):
-
-* ``"duplex"`` (default): every directed edge is its own link; a node's sends do not
-  slow each other (a router with one port per link). Arrival ``u -> v``:
-  ``compute_done_s[u] + latency_uv + 8 nbytes / bw_uv``.
-* ``"serial"``: a node has one transmitter and sends its messages one after the other,
-  to its neighbours in increasing id order; a message's bits take ``8 nbytes / bw_uv``
-  of the transmitter, then its latency (propagation overlaps the next transmission).
-* ``"fair"``: one transmitter shared in equal parts by the node's unfinished messages
-  (processor sharing); a message alone would take ``8 nbytes / bw_uv``. With equal
-  bandwidths every message's last bit leaves ``degree * 8 nbytes / bw`` after the start.
-
-Receivers are never a bottleneck (their downlinks are not shared) in any of the three.
-Bytes moved: ``nbytes`` per directed edge, ``2 |E| nbytes`` per round.
+turns a graph with links, a compute model and message sizes into a time-ordered stream
+of local gradient steps and pairwise exchanges (:class:`AsyncSchedule`, drawn by
+:class:`AsyncGossipClock`) that a runner replays with tensor work. It re-exports the
+stream helpers of :mod:`fedsim.network.gossip_events`, which read this stream as they
+read a gossip stream: :func:`elapsed_times`, :func:`last_event_times` and
+:func:`previous_event` for the accelerated variant, and a split of the stream into
+node-disjoint batches (:func:`batches`, ``gossip_events.schedule``). Nodes, links and
+compute follow the conventions shared with the synchronous clock, see
+:mod:`fedsim.network.link_table`.
 
 Asynchronous gossip SGD. Over ``[0, t_end]``:
 
@@ -96,16 +59,14 @@ Asynchronous gossip SGD. Over ``[0, t_end]``:
   default), so applying batch after batch equals applying the events one by one.
 * **Determinism.** :meth:`AsyncGossipClock.events` is a pure function of the seed and its
   arguments: it draws from fresh ``network/compute`` and ``network/gossip`` streams at
-  every call. :class:`SyncGossipClock` keeps one compute stream across its rounds, like
-  the federated clock.
+  every call (unlike :class:`~fedsim.network.sync_gossip_clock.SyncGossipClock`, which
+  keeps one compute stream across its rounds).
 
-Speed: rounds are closed-form numpy (``O(|E| log |E|)``). The asynchronous stream draws
-steps in vectorised blocks; the busy rule and the dependency levels are one pass over
-the exchanges / events with plain lists (about 1 s per million events).
+Speed: the stream draws steps in vectorised blocks; the busy rule and the dependency
+levels are one pass over the exchanges / events with plain lists (about 1 s per million
+events).
 
 References:
-    Lian et al., "Can Decentralized Algorithms Outperform Centralized Algorithms? A Case
-    Study for Decentralized Parallel Stochastic Gradient Descent" (NeurIPS 2017);
     Lian et al., "Asynchronous Decentralized Parallel Stochastic Gradient Descent"
     (ICML 2018); Even et al., "A Continuized View on Nesterov Acceleration for Stochastic
     Gradient Descent and Randomized Gossip" (NeurIPS 2021).
@@ -115,7 +76,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -123,7 +83,6 @@ import networkx as nx
 import numpy as np
 
 from fedsim.config import NetworkConfig
-from fedsim.errors import ScenarioError
 from fedsim.network.compute import ComputeModel, make_compute_model
 from fedsim.network.gossip_events import (
     EdgeEvents,
@@ -133,263 +92,14 @@ from fedsim.network.gossip_events import elapsed_times as elapsed_times  # re-ex
 from fedsim.network.gossip_events import last_event_times as last_event_times  # one stream
 from fedsim.network.gossip_events import previous_event as previous_event  # code for both
 from fedsim.network.gossip_events import schedule as batches  # noqa: F401  (same batching)
-from fedsim.network.topology import with_link_defaults
+from fedsim.network.link_table import check_nbytes, check_work, link_table
 from fedsim.seeding import numpy_rng
 
-CONTENTIONS = ("duplex", "serial", "fair")
 BUSY_RULES = ("queue", "drop")
 STEP_TIMES = ("poisson", "back_to_back")
 STEP, EXCHANGE = 0, 1
 _FIRST_BLOCK = 16  # steps per node in the first block of draws (then doubling)
 _BLOCK_CELLS = 1 << 22  # at most this many draws per block
-
-
-# --------------------------------------------------------------------------- links
-
-
-class LinkTable(NamedTuple):
-    """The graph's links as arrays, one row per undirected edge (``u < v``, sorted).
-
-    Attributes:
-        num_nodes: ``n``.
-        u: ``[m]`` int64 first endpoint.
-        v: ``[m]`` int64 second endpoint.
-        latency_s: ``[m]`` one-way latency (s).
-        bandwidth_bps: ``[m]`` bandwidth (bit/s), in each direction.
-    """
-
-    num_nodes: int
-    u: np.ndarray
-    v: np.ndarray
-    latency_s: np.ndarray
-    bandwidth_bps: np.ndarray
-
-    def message_s(self, nbytes: int) -> np.ndarray:
-        """``[m]`` seconds one message of ``nbytes`` takes alone on each link."""
-        return self.latency_s + 8.0 * nbytes / self.bandwidth_bps
-
-
-def link_table(cfg: NetworkConfig, graph: nx.Graph) -> LinkTable:
-    """The links of ``graph`` with the scenario's defaults where an edge has no value.
-
-    Args:
-        cfg: the network section (``bandwidth_bps``, ``latency_s`` defaults).
-        graph: undirected graph; nodes are numbered by their rank in ``sorted(graph)``.
-
-    Returns:
-        The :class:`LinkTable`.
-
-    Raises:
-        ScenarioError: an empty or directed graph, or a link value out of range.
-    """
-    if graph.is_directed():
-        raise ScenarioError("network.topology", "the decentralized clock needs an undirected "
-                                                "graph")
-    if graph.number_of_nodes() == 0:
-        raise ScenarioError("network.topology", "the graph has no nodes")
-    G = with_link_defaults(graph, cfg.bandwidth_bps, cfg.latency_s)
-    index = {node: k for k, node in enumerate(sorted(G.nodes))}
-    rows = []
-    for a, b, data in G.edges(data=True):
-        if a == b:
-            continue
-        bw = _link_value(data, "bandwidth_bps", a, b, positive=True)
-        lat = _link_value(data, "latency_s", a, b, positive=False)
-        rows.append((min(index[a], index[b]), max(index[a], index[b]), lat, bw))
-    rows.sort()
-    if rows:
-        u, v, lat, bw = (np.asarray(c) for c in zip(*rows, strict=True))
-    else:
-        u = v = np.zeros(0, dtype=np.int64)
-        lat = bw = np.zeros(0)
-    return LinkTable(len(index), u.astype(np.int64), v.astype(np.int64),
-                     lat.astype(np.float64), bw.astype(np.float64))
-
-
-def _link_value(data: dict, name: str, a, b, positive: bool) -> float:
-    """An edge attribute as a finite float (> 0 or >= 0), or a ScenarioError naming the edge."""
-    raw = data[name]
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
-        bound = "> 0" if positive else ">= 0"
-        raise ScenarioError("network.topology", f"edge ({a}, {b}): {name} must be a finite "
-                                                f"number {bound}, got {raw!r}")
-    return value
-
-
-def _check_nbytes(nbytes: int) -> int:
-    """``nbytes`` as an int >= 0."""
-    if isinstance(nbytes, bool) or int(nbytes) != nbytes or nbytes < 0:
-        raise ValueError(f"nbytes must be an integer >= 0, got {nbytes!r}")
-    return int(nbytes)
-
-
-def _check_work(work: float | Sequence[float], n: int, name: str, positive: bool
-                ) -> np.ndarray:
-    """``work`` (a number or one per node) as ``[n]`` finite floats (> 0 or >= 0)."""
-    w = np.asarray(work, dtype=np.float64)
-    if w.ndim == 0:
-        w = np.full(n, float(w))
-    w = w.reshape(-1)
-    if w.size != n:
-        raise ValueError(f"{name} has {w.size} entries for {n} nodes")
-    ok = np.isfinite(w).all() and (w.min() > 0 if positive else w.min() >= 0)
-    if not ok:
-        raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}")
-    return w
-
-
-# --------------------------------------------------------------------------- synchronous
-
-
-@dataclass(frozen=True)
-class DecentralizedRound:
-    """One synchronous D-SGD round as the clock saw it (absolute simulated seconds).
-
-    Attributes:
-        round: the round number.
-        start_s: when every node started computing.
-        end_s: the barrier: the last node's ``done_s``.
-        compute_done_s: ``[n]`` when each node finished its local work.
-        done_s: ``[n]`` when each node had computed and received every neighbour's model.
-        src: ``[2m]`` sender of each message (sorted by sender, then receiver).
-        dst: ``[2m]`` receiver of each message.
-        arrival_s: ``[2m]`` when each message's last bit arrived.
-        bytes_sent: bytes moved in the round (``nbytes`` per message).
-    """
-
-    round: int
-    start_s: float
-    end_s: float
-    compute_done_s: np.ndarray
-    done_s: np.ndarray
-    src: np.ndarray
-    dst: np.ndarray
-    arrival_s: np.ndarray
-    bytes_sent: int
-
-    @property
-    def duration_s(self) -> float:
-        """``end_s - start_s``."""
-        return self.end_s - self.start_s
-
-    @property
-    def slowest(self) -> int:
-        """The node whose ``done_s`` set the barrier (the smallest id on ties)."""
-        return int(np.argmax(self.done_s))
-
-
-class SyncGossipClock:
-    """Timing of synchronous decentralized rounds (D-SGD): compute, send, barrier.
-
-    Args:
-        cfg: the network section (link defaults, compute model).
-        graph: undirected graph; one learner per node.
-        seed: the scenario's root seed (compute stream ``network/compute``).
-        base_dir: folder that relative compute-trace paths are resolved against.
-        contention: how a node's sends share its sender: ``"duplex"`` (default, no
-            sharing), ``"serial"`` or ``"fair"`` (see the module docstring).
-
-    Raises:
-        ScenarioError: a bad graph, link value or compute section.
-
-    References:
-        Lian et al., "Can Decentralized Algorithms Outperform Centralized Algorithms?"
-        (NeurIPS 2017).
-    """
-
-    def __init__(self, cfg: NetworkConfig, graph: nx.Graph, seed: int = 0,
-                 base_dir: Path | None = None, contention: str = "duplex"):
-        if contention not in CONTENTIONS:
-            raise ValueError(f"unknown contention {contention!r}; allowed: "
-                             f"{', '.join(CONTENTIONS)}")
-        self.cfg = cfg
-        self.contention = contention
-        self.links = link_table(cfg, graph)
-        self.num_nodes = self.links.num_nodes
-        self._compute: ComputeModel = make_compute_model(cfg.compute, self.num_nodes, base_dir)
-        self._rng = numpy_rng(seed, "network/compute")
-        self._now = 0.0
-        lk = self.links
-        src = np.concatenate((lk.u, lk.v))
-        dst = np.concatenate((lk.v, lk.u))
-        order = np.lexsort((dst, src))  # messages sorted by sender, then receiver
-        self._src, self._dst = src[order], dst[order]
-        self._lat = np.concatenate((lk.latency_s, lk.latency_s))[order]
-        self._bps = np.concatenate((lk.bandwidth_bps, lk.bandwidth_bps))[order]
-
-    @property
-    def now(self) -> float:
-        """Simulated seconds since the run started (the end of the last round)."""
-        return self._now
-
-    def run_round(self, round: int, work: float | Sequence[float], nbytes: int
-                  ) -> DecentralizedRound:
-        """Simulate one round starting at :attr:`now`; afterwards ``now`` is its end.
-
-        Args:
-            round: the round number (recorded).
-            work: samples each node processes this round (one number for all, or ``[n]``).
-            nbytes: size of the model each node sends to each neighbour.
-
-        Returns:
-            The :class:`DecentralizedRound`.
-        """
-        n = self.num_nodes
-        w = _check_work(work, n, "work", positive=False)
-        nbytes = _check_nbytes(nbytes)
-        start = self._now
-        comp = np.asarray(self._compute.times(np.arange(n), w, self._rng), dtype=np.float64)
-        compute_done = start + comp
-        send_s = 8.0 * nbytes / self._bps  # [2m] transmitter time of each message alone
-        arrival = compute_done[self._src] + self._sent_after(send_s) + self._lat
-        done = compute_done.copy()
-        np.maximum.at(done, self._dst, arrival)
-        end = float(done.max())
-        self._now = end
-        return DecentralizedRound(round=int(round), start_s=start, end_s=end,
-                                  compute_done_s=compute_done, done_s=done,
-                                  src=self._src.copy(), dst=self._dst.copy(), arrival_s=arrival,
-                                  bytes_sent=nbytes * int(self._src.size))
-
-    def _sent_after(self, send_s: np.ndarray) -> np.ndarray:
-        """``[2m]`` seconds from the sender's compute end to each message's last bit leaving."""
-        if self.contention == "duplex" or send_s.size == 0:
-            return send_s
-        src = self._src
-        if self.contention == "serial":  # one after the other, in receiver order
-            total = np.cumsum(send_s)
-            first = _group_starts(src)
-            return total - (total[first] - send_s[first])[_group_index(src)]
-        # fair: processor sharing; with sizes s_1 <= .. <= s_d of one sender, the k-th
-        # (1-based) finishes at s_1 + .. + s_{k-1} + (d - k + 1) s_k
-        order = np.lexsort((send_s, src))
-        s, g = send_s[order], src[order]
-        first = _group_starts(g)
-        group = _group_index(g)
-        total = np.cumsum(s)
-        before = total - s - (total[first] - s[first])[group]  # sum of the smaller ones
-        rank = np.arange(s.size) - first[group]  # k - 1
-        size = np.diff(np.append(first, s.size))[group]  # d
-        out = np.empty_like(send_s)
-        out[order] = before + (size - rank) * s
-        return out
-
-
-def _group_starts(sorted_keys: np.ndarray) -> np.ndarray:
-    """First index of each run of equal values in a sorted array."""
-    return np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
-
-
-def _group_index(sorted_keys: np.ndarray) -> np.ndarray:
-    """For each entry of a sorted array, the number of its run of equal values."""
-    return np.cumsum(np.concatenate(([0], sorted_keys[1:] != sorted_keys[:-1])))
-
-
-# --------------------------------------------------------------------------- asynchronous
 
 
 class AsyncSchedule(NamedTuple):
@@ -500,8 +210,8 @@ class AsyncGossipClock:
         if step_times not in STEP_TIMES:
             raise ValueError(f"unknown step_times {step_times!r}; allowed: "
                              f"{', '.join(STEP_TIMES)}")
-        w = _check_work(work_per_step, self.num_nodes, "work_per_step", positive=True)
-        nbytes = _check_nbytes(nbytes)
+        w = check_work(work_per_step, self.num_nodes, "work_per_step", positive=True)
+        nbytes = check_nbytes(nbytes)
         s_node, s_start, s_end = self._steps(t_end, w, int(max_events), step_times)
         x = self._exchanges(t_end, nbytes, rate)
         x_fired, x_start, x_end, x_i, x_j, x_seq, dropped, unfinished = x
