@@ -351,6 +351,7 @@ def test_describe_disconnected_and_links() -> None:
     assert info["total_latency_s"] == pytest.approx(0.02)
     assert info["max_bandwidth_bps"] == 1e9
     assert "DISCONNECTED" in format_report("two", info)
+    assert info["gossip"] is None and "gossip" not in format_report("two", info)
 
 
 def test_describe_abilene() -> None:
@@ -358,6 +359,19 @@ def test_describe_abilene() -> None:
     assert info["is_connected"] and info["diameter"] >= 4
     assert 0 < info["spectral_gap"] < 1 and info["algebraic_connectivity"] > 0
     assert info["max_path_latency_s"] > info["max_latency_s"] > info["min_latency_s"] > 0
+    g = info["gossip"]  # unit-rate edges, whatever the links' bandwidths
+    assert g["boyd"] == pytest.approx(info["algebraic_connectivity"] / 2)
+    assert g["accelerated_exact"] / g["boyd_exact"] == pytest.approx(2.067, abs=1e-3)
+    assert g["boyd"] < g["boyd_exact"] and g["accelerated"] < g["accelerated_exact"]
+    assert "speed-up 2.07x (exact)" in format_report("abilene", info)
+
+
+def test_gossip_rates_beyond_the_exact_solver_are_guaranteed_only() -> None:
+    info = describe_topology(build_topology("ring", {"n": 300}))
+    g = info["gossip"]
+    assert g["boyd_exact"] is None and g["accelerated_exact"] is None
+    assert g["accelerated"] / g["boyd"] == pytest.approx(300 / (math.pi * math.sqrt(2)), rel=0.01)
+    assert "(guaranteed rates)" in format_report("ring", info)
 
 
 @pytest.mark.parametrize("which", ["abilene", "ring"])

@@ -8,7 +8,11 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from fedsim.network.gossip_moments import MAX_EDGE_PAIRS, second_moment_rates
 from fedsim.network.mixing import algebraic_connectivity, metropolis_weights, spectral_gap
+from fedsim.network.spectral import predicted_rates
+
+MAX_GOSSIP_NODES = 2000  # the gossip rates need dense n x n eigenproblems: skip past this
 
 
 def _link_stats(G: nx.Graph, attr: str) -> dict[str, Any]:
@@ -31,6 +35,34 @@ def _max_path_latency(G: nx.Graph, connected: bool) -> float | None:
     return float(max(max(d.values()) for _, d in lengths))
 
 
+def gossip_rates(G: nx.Graph) -> dict[str, float | None] | None:
+    """Decay rates of ``E ||x - mean||^2`` under gossip with one clock of rate 1 per edge.
+
+    Args:
+        G: undirected graph.
+
+    Returns:
+        ``None`` for a disconnected graph or one of more than ``MAX_GOSSIP_NODES`` nodes;
+        else ``boyd`` / ``accelerated`` (the guaranteed rates, ``lambda_2 / 2`` and
+        ``eta``) and ``boyd_exact`` / ``accelerated_exact`` (the exact mean-square
+        rates, ``None`` past the exact solver's size limit).
+
+    References:
+        Boyd et al., IEEE Trans. Inf. Theory, 2006; Even et al., NeurIPS 2021.
+    """
+    n, m = G.number_of_nodes(), G.number_of_edges()
+    if n < 2 or n > MAX_GOSSIP_NODES or not nx.is_connected(G):
+        return None
+    H = nx.Graph(G.edges)  # unit rates whatever the file's edge attributes
+    H.add_nodes_from(G.nodes)
+    guaranteed = predicted_rates(H)
+    out: dict[str, float | None] = {k: guaranteed[k] for k in ("boyd", "accelerated")}
+    exact = second_moment_rates(H) if n**2 * m**2 <= MAX_EDGE_PAIRS else {}
+    for method in ("boyd", "accelerated"):
+        out[f"{method}_exact"] = exact.get(method)
+    return out
+
+
 def describe_topology(G: nx.Graph) -> dict[str, Any]:
     """Size, connectivity, degrees, spectra and link statistics of a graph.
 
@@ -43,8 +75,9 @@ def describe_topology(G: nx.Graph) -> dict[str, Any]:
         ``spectral_gap`` (of the Metropolis matrix; 0 when disconnected),
         ``algebraic_connectivity`` (Laplacian lambda_2), ``{total,min,max}_latency_s``,
         ``{total,min,max}_bandwidth_bps`` (None when no edge has the attribute),
-        ``edges_missing_latency``/``edges_missing_bandwidth`` and ``max_path_latency_s``
-        (largest shortest-path latency; None when undefined).
+        ``edges_missing_latency``/``edges_missing_bandwidth``, ``max_path_latency_s``
+        (largest shortest-path latency; None when undefined) and ``gossip``
+        (:func:`gossip_rates`).
 
     References:
         Boyd, Diaconis, Xiao, "Fastest mixing Markov chain on a graph" (SIAM Review, 2004).
@@ -70,6 +103,7 @@ def describe_topology(G: nx.Graph) -> dict[str, Any]:
             info[f"{key}_{attr}"] = stats[key]
         info[f"edges_missing_{short}"] = stats["missing"]
     info["max_path_latency_s"] = _max_path_latency(G, connected)
+    info["gossip"] = gossip_rates(G)
     return info
 
 
@@ -106,6 +140,9 @@ def format_report(name: str, info: dict[str, Any]) -> str:
         f"min {_fmt(info['min_bandwidth_bps'], ' Gbit/s', 1e-9)}, "
         f"max {_fmt(info['max_bandwidth_bps'], ' Gbit/s', 1e-9)}",
     ]
+    gossip = info.get("gossip")
+    if gossip:
+        lines.append(_gossip_line(gossip))
     missing = info["edges_missing_latency"], info["edges_missing_bandwidth"]
     if any(missing):
         lines.append(
@@ -113,6 +150,22 @@ def format_report(name: str, info: dict[str, Any]) -> str:
             "(network defaults apply)"
         )
     return "\n".join(lines)
+
+
+def _gossip_line(g: dict[str, float | None]) -> str:
+    """Guaranteed (and exact, when known) rates of randomized and accelerated gossip."""
+
+    def rate(method: str) -> str:
+        exact = g[f"{method}_exact"]
+        return f">= {g[method]:.4g}" + (f", exact {exact:.4g}" if exact is not None else "")
+
+    if g["boyd_exact"] is not None and g["accelerated_exact"] is not None:
+        speedup = f"{g['accelerated_exact'] / g['boyd_exact']:.2f}x (exact)"
+    else:
+        speedup = f"{g['accelerated'] / g['boyd']:.2f}x (guaranteed rates)"
+    return ("  gossip, one exchange per edge per s: E||x - mean||^2 decays per s at\n"
+            f"    randomized {rate('boyd')}; accelerated {rate('accelerated')}; "
+            f"speed-up {speedup}")
 
 
 def _layout(G: nx.Graph) -> dict[Any, tuple[float, float]]:
