@@ -123,3 +123,23 @@ def test_a_non_decaying_system_and_big_graphs_are_refused() -> None:
         second_moment_rates(complete(64))
     with pytest.raises(ValueError, match="connected"):
         second_moment_rates(nx.Graph([(0, 1), (2, 3)]))
+
+
+def test_the_issue_parameters_beat_a_factor_two_either_way() -> None:
+    """No hidden factor 2: halving or doubling eta or alpha_tilde lowers the exact rate
+    on the 64-ring, or makes E||x - mean||^2 grow."""
+    G = ring(64)
+    eta, alpha = accelerated_parameters(G)
+
+    def rate(fe: float, fa: float) -> float:
+        flow = fe * eta * np.array([[-1.0, 1.0], [1.0, -1.0]])
+        try:
+            return switched_rate(G, flow, [-0.5, -fa * alpha], [1.0, 0.0])
+        except ValueError:  # no decay in mean square
+            return 0.0
+
+    best = rate(1, 1)
+    assert best == pytest.approx(1.621 * eta, rel=1e-3)
+    for fe, fa in ((0.5, 1), (2, 1), (1, 0.5), (1, 2)):
+        assert rate(fe, fa) < 0.7 * best
+    assert rate(1, 2) == 0.0  # diverges
