@@ -60,14 +60,6 @@ def run(G: nx.Graph, method: str, t_end: float, seed: int, times: np.ndarray) ->
     return trace / trace[0]
 
 
-def exact_rates(G: nx.Graph) -> dict[str, float]:
-    """Exact mean-square rates; on K_n both are n/2 (closed form, too big for the solver)."""
-    n = G.number_of_nodes()
-    if G.number_of_edges() == n * (n - 1) // 2:
-        return {"boyd": n / 2, "accelerated": n / 2}
-    return second_moment_rates(G)
-
-
 def measure(G: nx.Graph, seeds: int) -> dict:
     """Guaranteed, exact and measured rates on the windows used by tests/test_gossip.py.
 
@@ -80,7 +72,7 @@ def measure(G: nx.Graph, seeds: int) -> dict:
     else:
         windows = {"boyd": (3 / pb, 1 / pb), "accelerated": (12 / pa, 3 / pa)}
     out = dict(p)
-    for method, rate in exact_rates(G).items():
+    for method, rate in second_moment_rates(G).items():
         out[f"{method}_exact"] = rate
     for method, (t_end, t_min) in windows.items():
         times = np.linspace(0.0, t_end, 121)

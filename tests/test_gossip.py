@@ -186,8 +186,8 @@ def test_user_errors_are_clear() -> None:
 # in units of the guaranteed rates p: Boyd on [1/p, 3/p] after a burn-in of 1/p (the second
 # ring mode is 4x faster, so it is gone by then); accelerated on [3/eta, 12/eta] (its other
 # modes decay barely faster than its slowest one: a longer burn-in), 8 seeds. Expected:
-# the exact mean-square rates of fedsim.network.gossip_moments (K_64 is too big for it;
-# there both rates are n/2 exactly, see test_gossip_moments.test_closed_forms).
+# the exact mean-square rates of fedsim.network.gossip_moments (on K_64 its closed form,
+# n/2 for both).
 
 GRAPHS = {
     "ring32": ring(32),
@@ -213,8 +213,6 @@ def _rates(name: str) -> tuple[float, float]:
 
 @functools.cache
 def _exact(name: str) -> tuple[float, float]:
-    if name == "complete64":
-        return 32.0, 32.0
     r = second_moment_rates(GRAPHS[name])
     return r["boyd"], r["accelerated"]
 

@@ -82,10 +82,12 @@ def test_closed_forms() -> None:
     assert second_moment_rates(nx.path_graph(2))["boyd"] == pytest.approx(1.0, rel=1e-9)
     # K_n: d/dt E||x - mean||^2 = -1/2 E[x^T L x] = -n/2 E||x - mean||^2, and there the
     # accelerated method is randomized gossip (alpha_tilde = 1/2)
-    for n in (3, 8, 16):
-        r = second_moment_rates(complete(n))
+    for n in (3, 8, 16):  # the solver (one rate nudged: no shortcut), then the closed form
+        rates = {e: 1.0 for e in complete(n).edges} | {(0, 1): 1.0 + 1e-12}
+        r = second_moment_rates(complete(n), rates)
         assert r["boyd"] == pytest.approx(n / 2, rel=1e-9)
         assert r["accelerated"] == pytest.approx(n / 2, rel=1e-9)
+        assert second_moment_rates(complete(n), 2.0) == {"boyd": n, "accelerated": n}
 
 
 @pytest.mark.parametrize("G", [ring(16), ring(64), torus(8, 8)], ids=lambda G: G.graph["name"])
@@ -120,7 +122,8 @@ def test_a_non_decaying_system_and_big_graphs_are_refused() -> None:
     with pytest.raises(ValueError, match="does not decay"):  # the flow pumps energy in
         switched_rate(ring(5), [[2.0]], [-0.5], [1.0])
     with pytest.raises(ValueError, match="too large"):
-        second_moment_rates(complete(64))
+        second_moment_rates(ring(200))
+    assert second_moment_rates(complete(64)) == {"boyd": 32.0, "accelerated": 32.0}
     with pytest.raises(ValueError, match="connected"):
         second_moment_rates(nx.Graph([(0, 1), (2, 3)]))
 

@@ -57,7 +57,8 @@ def second_moment_rates(G: nx.Graph, rates: Rates = 1.0) -> dict[str, float]:
     """Exact asymptotic decay rates of ``E ||x(t) - mean||^2`` per unit of simulated time.
 
     Args:
-        G: connected undirected graph (``n^2 E^2 <= 4e8``, e.g. up to ~100-node rings).
+        G: connected undirected graph (``n^2 E^2 <= 4e8``, e.g. up to ~100-node rings, or
+            a complete graph with one rate on every edge, which has a closed form).
         rates: edge rates, as for :func:`~fedsim.network.spectral.rate_laplacian`.
 
     Returns:
@@ -68,6 +69,12 @@ def second_moment_rates(G: nx.Graph, rates: Rates = 1.0) -> dict[str, float]:
         Boyd et al., IEEE Trans. Inf. Theory, 2006; Even et al., NeurIPS 2021.
     """
     eta, alpha = accelerated_parameters(G, rates)  # also checks connectivity
+    _, _, p = edge_rates(G, rates)
+    n = G.number_of_nodes()
+    if p.size == n * (n - 1) // 2 and np.ptp(p) == 0:  # K_n, one rate: a closed form
+        # d/dt E||x - mean||^2 = -1/2 E[x^T L x] = -(n p / 2) E||x - mean||^2, and
+        # alpha_tilde = 1/2 keeps x_tilde = x: the accelerated method is Boyd's
+        return {"boyd": n * float(p[0]) / 2, "accelerated": n * float(p[0]) / 2}
     boyd = ([[0.0]], [-0.5], [1.0])
     accelerated = (eta * np.array([[-1.0, 1.0], [1.0, -1.0]]), [-0.5, -alpha], [1.0, 0.0])
     return {
