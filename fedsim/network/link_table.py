@@ -5,7 +5,9 @@ scenario's defaults where an edge has no value, into a :class:`LinkTable`
 (:func:`link_table`). Both decentralized clocks build on it:
 :mod:`fedsim.network.sync_gossip_clock` (synchronous D-SGD rounds) and
 :mod:`fedsim.network.async_gossip_clock` (asynchronous gossip SGD); :func:`check_nbytes`
-and :func:`check_work` are their common argument checks.
+and :func:`check_work` are their common argument checks. :func:`edge_value` reads and
+checks one link attribute; the federated clock's routes
+(:mod:`fedsim.network.server_paths`) use it too.
 
 Conventions (shared by both clocks):
 
@@ -83,8 +85,8 @@ def link_table(cfg: NetworkConfig, graph: nx.Graph) -> LinkTable:
     for a, b, data in G.edges(data=True):
         if a == b:
             continue
-        bw = _link_value(data, "bandwidth_bps", a, b, positive=True)
-        lat = _link_value(data, "latency_s", a, b, positive=False)
+        bw = edge_value(data, "bandwidth_bps", cfg.bandwidth_bps, a, b, positive=True)
+        lat = edge_value(data, "latency_s", cfg.latency_s, a, b, positive=False)
         rows.append((min(index[a], index[b]), max(index[a], index[b]), lat, bw))
     rows.sort()
     if rows:
@@ -96,16 +98,17 @@ def link_table(cfg: NetworkConfig, graph: nx.Graph) -> LinkTable:
                      lat.astype(np.float64), bw.astype(np.float64))
 
 
-def _link_value(data: dict, name: str, a, b, positive: bool) -> float:
-    """An edge attribute as a finite float (> 0 or >= 0), or a ScenarioError naming the edge."""
-    raw = data[name]
+def edge_value(data: dict, name: str, default: float, u, v, positive: bool) -> float:
+    """An edge attribute as a finite float (> 0 or >= 0; ``default`` when missing), or a
+    ScenarioError naming the edge."""
+    raw = data.get(name)
     try:
-        value = float(raw)
+        value = float(default if raw is None else raw)
     except (TypeError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
         bound = "> 0" if positive else ">= 0"
-        raise ScenarioError("network.topology", f"edge ({a}, {b}): {name} must be a finite "
+        raise ScenarioError("network.topology", f"edge ({u}, {v}): {name} must be a finite "
                                                 f"number {bound}, got {raw!r}")
     return value
 
