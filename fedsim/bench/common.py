@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -32,3 +34,30 @@ def peak_rss_mb() -> float:
 def emit(figures: dict, stream=None) -> None:
     """Print the figures as one JSON line (the last line a bench command prints)."""
     print(json.dumps(figures, sort_keys=False), file=stream or sys.stdout, flush=True)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block on ``threads`` torch threads (None: what fedsim's runner picks).
+
+    Sets ``FEDSIM_TORCH_THREADS`` (which fedsim's runner reads) and the process's torch
+    thread count, so hand-written comparison code runs under the same setting; both are
+    restored afterwards.
+    """
+    import torch
+
+    from fedsim.runners import configure_threads
+
+    saved_env = os.environ.get("FEDSIM_TORCH_THREADS")
+    saved = torch.get_num_threads()
+    try:
+        if threads is not None:
+            os.environ["FEDSIM_TORCH_THREADS"] = str(threads)
+        configure_threads("cpu")
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop("FEDSIM_TORCH_THREADS", None)
+        else:
+            os.environ["FEDSIM_TORCH_THREADS"] = saved_env
+        torch.set_num_threads(saved)

@@ -59,6 +59,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from fedsim.bench import common
 from fedsim.bench.flower_child import DATA, FINAL, LOG, ORDERS, RAY_DIR, RESULT, SPEC
 from fedsim.bench.processes import child_env, reap, stop_group, temp_root
 from fedsim.bench.workload import Workload
@@ -212,20 +213,8 @@ def run_fedsim(w: Workload, repeats: int, log: TextIO, threads: int | None = Non
         ``threads`` (the torch threads the runs used), and ``final_params`` (``[d]`` CPU
         tensor of the first run; every run must give the same vector bit for bit).
     """
-    import torch
-
-    saved_env = os.environ.get("FEDSIM_TORCH_THREADS")
-    saved_threads = torch.get_num_threads()
-    try:
-        if threads is not None:
-            os.environ["FEDSIM_TORCH_THREADS"] = str(threads)
+    with common.torch_threads(threads):
         return _run_fedsim(w, repeats, log)
-    finally:
-        if saved_env is None:
-            os.environ.pop("FEDSIM_TORCH_THREADS", None)
-        else:
-            os.environ["FEDSIM_TORCH_THREADS"] = saved_env
-        torch.set_num_threads(saved_threads)
 
 
 def _run_fedsim(w: Workload, repeats: int, log: TextIO) -> dict:

@@ -100,12 +100,12 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
     times: dict[tuple[int | None, str], list[float]] = defaultdict(list)
     faults: dict[tuple[int | None, str], list[int]] = defaultdict(list)
     last: dict[tuple[int | None, str], Any] = {}
-    with torch_threads(thread_list[0]):  # warm-up: imports, vmap tracing, allocator
+    with common.torch_threads(thread_list[0]):  # warm-up: imports, vmap tracing, allocator
         for fn in sides.values():
             fn(w, data)
     for _ in range(args.repeats):
         for threads in thread_list:
-            with torch_threads(threads):
+            with common.torch_threads(threads):
                 for side, fn in sides.items():
                     faults0 = _minor_faults()
                     dt, out = common.timed(lambda fn=fn: fn(w, data))
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
 
     by_threads = {}
     for threads in thread_list:
-        with torch_threads(threads):
+        with common.torch_threads(threads):
             fedsim_params, source = _fedsim_final_params(last[threads, "fedsim"], w, data)
         med = {side: statistics.median(times[threads, side]) for side in sides}
         row: dict[str, Any] = {}
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
         figures["by_threads"] = {k: {kk: vv for kk, vv in v.items() if kk.endswith("_s")}
                                  for k, v in by_threads.items()}
     if not args.no_breakdown:
-        with torch_threads(thread_list[0]):
+        with common.torch_threads(thread_list[0]):
             breakdown = _breakdown(w, data)
         _print_breakdown(breakdown, w.rounds, log)
         figures["breakdown_s"] = {k.strip(): round(v, 4) for k, v in breakdown.items()}
@@ -436,28 +436,6 @@ def _parse_threads(text: str | None) -> list[int | None]:
     if not values or min(values) < 1:
         raise FedsimError(f"--threads values must be >= 1, got {text!r}")
     return values
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Both sides on ``threads`` torch threads (None: what fedsim's runner picks)."""
-    import torch
-
-    from fedsim.runners import configure_threads
-
-    saved_env = os.environ.get("FEDSIM_TORCH_THREADS")
-    saved = torch.get_num_threads()
-    try:
-        if threads is not None:
-            os.environ["FEDSIM_TORCH_THREADS"] = str(threads)
-        configure_threads("cpu")  # the limit side runs under the same setting as the runner
-        yield
-    finally:
-        if saved_env is None:
-            os.environ.pop("FEDSIM_TORCH_THREADS", None)
-        else:
-            os.environ["FEDSIM_TORCH_THREADS"] = saved_env
-        torch.set_num_threads(saved)
 
 
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 4 / 1024

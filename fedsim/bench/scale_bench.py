@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
         raise FedsimError("--samples-per-client and --rounds must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise FedsimError("--threads must be >= 1")
-    from fedsim.bench.limit_bench import torch_threads
+    from fedsim.bench.common import torch_threads
 
     with torch_threads(args.threads):
         return _run(args, log)
