@@ -213,6 +213,26 @@ def test_everyone_drops_and_the_round_still_ends(policy, fast):
         assert all(t.upload_done_s == INF for t in s.timings)
 
 
+@pytest.mark.parametrize("policy", ["all", "first_k"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_round_where_everyone_drops_early_lasts_the_longest_download(tmp_path, policy, fast):
+    # Both clients go offline during their download (0.3 s and 0.5 s into a 1.01 s download):
+    # the last drop is at 0.5, but the round lasts until start + the longest uncontended
+    # download, 1 s at 8 Mbit/s + 10 ms = 1.01 s.
+    (tmp_path / "on.csv").write_text("client,start_s,end_s\n0,0,0.3\n1,0,0.5\n")
+    cfg = replace(BASE, policy=policy,
+                  availability=AvailabilityConfig(model="trace", trace="on.csv"))
+    clock = FederatedClock(cfg, num_clients=2, base_dir=tmp_path)
+    clock.fast_path = fast
+    s = clock.run_round(1, [0, 1], [100, 200], MODEL_BYTES, UPDATE_BYTES, k=1)
+    assert s.dropped == (0, 1) and s.completed == ()
+    assert all(t.download_done_s == INF for t in s.timings)
+    assert s.end_s == approx(1.01, rel=1e-12)
+    assert clock.now == s.end_s
+    # bytes pushed onto the wire before each drop: 0.3 s and 0.5 s at 1 MB/s
+    assert s.bytes_down == 300_000 + 500_000 and s.bytes_up == 0
+
+
 def test_dropout_is_reproducible_and_about_the_probability():
     def dropped_counts(seed):
         clock = FederatedClock(_bernoulli(0.3), num_clients=50, seed=seed)
