@@ -182,6 +182,46 @@ def test_user_errors_are_clear() -> None:
 
 
 # --------------------------------------------------------------------------- rates
+
+
+def test_fit_rate_is_scale_free_hand_computed() -> None:
+    # trace = C exp(-2 t): rate 2 whatever C, even when every value is below the floor
+    t = np.arange(11.0)
+    assert fit_rate(t, 1e-30 * np.exp(-2.0 * t)) == pytest.approx(2.0, rel=1e-12)
+    assert fit_rate(t, 1e30 * np.exp(-2.0 * t)) == pytest.approx(2.0, rel=1e-12)
+    # float precision reached at 1e-25 of the start: the floor (1e-20 of trace[0]) keeps
+    # t = 0..23 (exp(-46) = 1.1e-20) and drops the plateau t = 24..30, so the rate is exact
+    t = np.arange(31.0)
+    plateau = 1e10 * np.maximum(np.exp(-2.0 * t), 1e-25)
+    assert fit_rate(t, plateau) == pytest.approx(2.0, rel=1e-12)
+
+
+def test_measured_rate_averages_normalised_traces_hand_computed() -> None:
+    # K_2, Boyd gossip: the first event averages both nodes exactly, so seed s's trace is
+    # c_s = (x0 - x1)^2 / 2 before its first event time T_s and 0 after. measured_rate
+    # divides each trace by its start before averaging: the average is the fraction of
+    # seeds with T_s > t, and the zeros fall below the floor.
+    G = nx.path_graph(2)
+    seeds, t_end, t_min = tuple(range(6)), 1.8, 0.0
+    times = np.linspace(0.0, t_end, 19)
+    first = np.array([_events(G, t_end, seed=s).times[0] for s in seeds])
+    # T_s = 1.261, 0.512, 0.266, 1.370, 0.793, 1.757 (numpy_rng(s, "network/gossip"))
+    np.testing.assert_allclose(first, [1.2611, 0.5123, 0.2660, 1.3704, 0.7929, 1.7569],
+                               atol=1e-4)
+    alive = (first[None, :] > times[:, None]).mean(axis=1)  # 1, ..., 5/6, ..., 1/6, 0
+    keep = alive > 0
+    expected = -np.polyfit(times[keep], np.log(alive[keep]), 1)[0]
+    got = measured_rate(G, "boyd", t_end=t_end, t_min=t_min, seeds=seeds, dim=1,
+                        num_points=19)
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert got == pytest.approx(1.16055, abs=1e-5)
+    # averaging the raw traces (weights c_s, from 0.065 to 1.94) would give another rate
+    c = np.array([np.diff(_states(2, d=1, seed=s)[:, 0].numpy())[0] ** 2 / 2 for s in seeds])
+    raw = (c[None, :] * (first[None, :] > times[:, None])).sum(axis=1)
+    weighted = -np.polyfit(times[keep], np.log(raw[keep] / raw[0]), 1)[0]
+    assert abs(weighted - expected) > 0.1
+
+
 # Measured: the rate of the seed-averaged trace (an estimate of E||x - mean||^2) on windows
 # in units of the guaranteed rates p: Boyd on [1/p, 3/p] after a burn-in of 1/p (the second
 # ring mode is 4x faster, so it is gone by then); accelerated on [3/eta, 12/eta] (its other
