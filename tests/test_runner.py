@@ -73,13 +73,19 @@ def test_batched_and_loop_runs_agree(tmp_path):
 
 
 def test_quickstart_deadline_beats_wait_for_all(tmp_path):
-    """The quickstart's claim, on fewer rounds: learns, and deadlines save simulated time."""
-    results = run_file(QUICKSTART, ["rounds=12"], output_dir=str(tmp_path), progress=False,
-                       log=None)
+    """The quickstart as shipped (40 rounds, 4 s): its accuracies, and deadlines save time."""
+    results = run_file(QUICKSTART, [], output_dir=str(tmp_path), progress=False, log=None)
     by_name = {r.run_dir.name: r.summary for r in results}
     assert set(by_name) == {"wait_for_all", "deadline", "first_k"}
-    for summary in by_name.values():
-        assert summary["final_accuracy"] > 0.3  # ten classes: chance is 0.1
+    # Golden on CPU (torch 2.13, one thread): correct answers out of the 359 test digits,
+    # within 2 digits so that another torch build's rounding may move a sample or two.
+    correct = {"wait_for_all": 333, "deadline": 328, "first_k": 315}
+    for name, summary in by_name.items():
+        assert summary["final_accuracy"] == pytest.approx(correct[name] / 359, abs=2.5 / 359)
+    # the simulated clock is numpy only: its times are exact
+    sim_time = {"wait_for_all": 766.5390900, "deadline": 236.5691755, "first_k": 264.6974215}
+    for name, summary in by_name.items():
+        assert summary["sim_time_s"] == pytest.approx(sim_time[name], rel=1e-8)
     assert by_name["deadline"]["sim_time_s"] < by_name["wait_for_all"]["sim_time_s"]
     assert by_name["first_k"]["sim_time_s"] < by_name["wait_for_all"]["sim_time_s"]
     study = tmp_path / "quickstart"
