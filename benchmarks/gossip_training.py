@@ -70,7 +70,7 @@ def main() -> None:
              "mean node acc | wall (s) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for col, topo in enumerate(TOPOLOGIES):
         results = run_file(ROOT / "scenarios" / f"gossip_{topo}.toml", args.set,
-                           output_dir=args.out, progress=False, log=None)
+                           output_dir=args.out, progress=False, log=None, overwrite=True)
         for res in results:
             name = res.run_dir.name
             records = read_metrics(res.run_dir)

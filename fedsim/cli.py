@@ -7,6 +7,7 @@ Errors a user can cause print one line ``fedsim: error: ...`` and exit 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,10 +17,26 @@ from fedsim.errors import FedsimError
 EXIT_USAGE = 2
 
 
+class UsageError(FedsimError):
+    """A command line argparse cannot parse (printed as one line, exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line ``fedsim: error: ...`` (subcommands too:
+    ``add_subparsers`` makes them of the parent's class)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(f"fedsim: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
@@ -35,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="fedsim",
         description="Simulate federated and decentralized learning on one machine.",
     )
@@ -47,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="output folder (replaces output_dir)")
     run.add_argument("--variant", action="append", metavar="NAME",
                      help="run only this variant (repeatable)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace earlier runs in the output folder (default: refuse)")
     quiet = run.add_mutually_exclusive_group()
     quiet.add_argument("--quiet", action="store_true", help="no progress line")
     quiet.add_argument("--progress", action="store_true",
@@ -58,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(sweep)
     sweep.add_argument("--out", metavar="DIR", help="output folder (replaces output_dir)")
     sweep.add_argument("--quiet", action="store_true", help="no progress line")
+    sweep.add_argument("--overwrite", action="store_true",
+                       help="run every cell again, replacing earlier runs (default: resume "
+                            "cells of the same settings, refuse others)")
     sweep.set_defaults(func=_cmd_sweep)
 
     val = sub.add_parser("validate", help="check a scenario file without running it")
@@ -75,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     topo.add_argument("name", help="a builder (ring, torus, ...) or a file in topologies/")
     topo.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                       help="builder parameter, e.g. --param n=16 (repeatable)")
-    topo.add_argument("--seed", type=int, default=0)
+    topo.add_argument("--seed", type=_seed, default=0,
+                      help="seed of the random builders, an integer >= 0 (default 0)")
     topo.add_argument("--save", metavar="PNG", help="save a drawing of the graph")
     topo.set_defaults(func=_cmd_topology)
 
@@ -104,26 +127,59 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _seed(text: str) -> int:
+    """A seed from the command line: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         dest="overrides",
                         help="override a field, e.g. --set network.policy=deadline (repeatable)")
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While running, SIGTERM stops like Ctrl-C: finished rounds kept, summary written."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedsim.study import run_file
 
     progress = False if args.quiet else (True if args.progress else None)
-    run_file(args.scenario, args.overrides, output_dir=args.out, only=args.variant,
-             progress=progress)
+    with _sigterm_as_interrupt():
+        run_file(args.scenario, args.overrides, output_dir=args.out, only=args.variant,
+                 progress=progress, overwrite=args.overwrite)
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from fedsim.sweep import run_sweep
 
-    run_sweep(args.scenario, args.overrides, output_dir=args.out,
-              progress=False if args.quiet else None)
+    with _sigterm_as_interrupt():
+        run_sweep(args.scenario, args.overrides, output_dir=args.out,
+                  progress=False if args.quiet else None, overwrite=args.overwrite)
     return 0
 
 
@@ -133,6 +189,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     sc = load_scenario(args.scenario, args.overrides)
     variants = [name for name, _ in expand_variants(sc) if name]
     extra = f", variants: {', '.join(variants)}" if variants else ""
+    if sc.sweep:  # the checks fedsim sweep makes, every cell validated
+        from fedsim.sweep import plan
+
+        extra += f", sweep: {len(plan(sc, Path(args.scenario).parent))} cells"
     print(f"{args.scenario}: ok ({sc.name}: {sc.data.dataset}, {sc.model.name}, "
           f"{sc.algorithm.name}, {sc.rounds} rounds{extra})")
     return 0
@@ -163,6 +223,10 @@ def _cmd_topology(args: argparse.Namespace) -> int:
     from fedsim.network.topology_report import describe_topology, draw_topology, format_report
     from fedsim.scenario import parse_override, topology_dirs
 
+    if args.save:
+        from fedsim.results.output import check_figure_path
+
+        check_figure_path(Path(args.save))
     params = {}
     for text in args.param:
         key, value = parse_override(text)
@@ -171,7 +235,10 @@ def _cmd_topology(args: argparse.Namespace) -> int:
                              search_dirs=topology_dirs(Path.cwd()))
     print(format_report(args.name, describe_topology(graph)))
     if args.save:
-        draw_topology(graph, Path(args.save))
+        from fedsim.results.output import save_figure
+
+        name = graph.graph.get("name") or Path(args.save).stem
+        save_figure(Path(args.save), lambda tmp: draw_topology(graph, tmp, name=name))
         print(f"saved {args.save}")
     return 0
 
@@ -186,11 +253,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from fedsim.results.output import check_figure_path
     from fedsim.results.plots import compare_table, plot_compare
 
+    check_figure_path(Path(args.out))
     dirs = [Path(d) for d in args.run_dirs]
+    table = compare_table(dirs)
     out = plot_compare(dirs, Path(args.out), x=args.x)
-    print(compare_table(dirs))
+    print(table)
     print(f"saved {out}")
     return 0
 

@@ -7,13 +7,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedsim.errors import ScenarioError
+from fedsim.results.output import prepare_study, write_text
 from fedsim.runners import RunResult, run_scenario
 from fedsim.scenario import expand_variants, load_scenario
 
 
 def run_file(path: str | Path, overrides=(), output_dir: str | None = None,
              only: list[str] | None = None, progress: bool | None = None,
-             log=sys.stderr) -> list[RunResult]:
+             log=sys.stderr, overwrite: bool = False) -> list[RunResult]:
     """Run every variant of the scenario in ``path`` and compare them.
 
     Args:
@@ -23,46 +24,69 @@ def run_file(path: str | Path, overrides=(), output_dir: str | None = None,
         only: run just these variants (names as in the file).
         progress: progress line (None: auto, off in CI and when not a terminal).
         log: where one line per finished run is printed.
+        overwrite: replace earlier runs in the run folders (and the study's
+            comparison); without it, a folder holding a run is an error.
 
     Returns:
         One ``RunResult`` per run, in the file's order. Runs already finished
         keep their files when a later one fails.
-    """
-    from fedsim.results.plots import compare_table, plot_compare, plot_run
 
+    Raises:
+        OutputError: an output folder cannot be written, or holds an earlier run
+            (checked for every run before the first starts).
+    """
     path = Path(path)
     sc = load_scenario(path, overrides)
     if output_dir is not None:
         sc = replace(sc, output_dir=output_dir)
-    runs = expand_variants(sc)
-    if only:
-        unknown = [v for v in only if v not in dict(runs)]
-        if unknown:
-            allowed = ", ".join(name for name, _ in runs if name) or "(the file has no variants)"
-            raise ScenarioError("--variant", f"unknown variant {unknown[0]!r}; allowed: {allowed}")
-        runs = [(name, s) for name, s in runs if name in only]
+    runs = _selected(expand_variants(sc), only)
     study_dir = Path(sc.output_dir) / sc.name
+    run_dirs = [study_dir / name if name else study_dir for name, _ in runs]
+    prepare_study(study_dir, run_dirs, overwrite, compare=bool(sc.variants))
     results = []
-    for name, variant in runs:
-        run_dir = study_dir / name if name else study_dir
+    for (name, variant), run_dir in zip(runs, run_dirs, strict=True):
         label = f"{sc.name}/{name}" if name else sc.name
-        result = run_scenario(variant, run_dir, base_dir=path.parent, progress=progress,
-                              label=label)
-        plot_run(run_dir)
-        results.append(result)
-        print(_one_line(label, result), file=log)
+        results.append(_run_one(variant, run_dir, path.parent, progress, label, log))
     if len(results) > 1:
-        dirs = [r.run_dir for r in results]
-        names = [name for name, _ in runs]
-        plot_compare(dirs, study_dir / "compare_accuracy_vs_time.png", x="sim_time_s",
-                     labels=names, title=f"{sc.name}: accuracy vs simulated time")
-        plot_compare(dirs, study_dir / "compare_accuracy_vs_round.png", x="round",
-                     labels=names, title=f"{sc.name}: accuracy vs round")
-        table = compare_table(dirs, labels=names)
-        (study_dir / "compare.md").write_text(table + "\n", encoding="utf-8")
-        print(table, file=log)
+        _compare(results, [name for name, _ in runs], study_dir, sc.name, log)
     print(f"results in {study_dir}", file=log)
     return results
+
+
+def _selected(runs: list, only: list[str] | None) -> list:
+    """The variants named in ``only`` (all when None), checked to exist."""
+    if not only:
+        return runs
+    unknown = [v for v in only if v not in dict(runs)]
+    if unknown:
+        allowed = ", ".join(name for name, _ in runs if name) or "(the file has no variants)"
+        raise ScenarioError("--variant", f"unknown variant {unknown[0]!r}; allowed: {allowed}")
+    return [(name, s) for name, s in runs if name in only]
+
+
+def _run_one(variant, run_dir: Path, base_dir: Path, progress, label: str, log) -> RunResult:
+    """One run and its plots; prints its one-line result."""
+    from fedsim.results.plots import plot_run
+
+    result = run_scenario(variant, run_dir, base_dir=base_dir, progress=progress, label=label)
+    plot_run(run_dir)
+    print(_one_line(label, result), file=log)
+    return result
+
+
+def _compare(results: list[RunResult], names: list[str], study_dir: Path, title: str,
+             log) -> None:
+    """The study's comparison plots and ``compare.md`` (printed too)."""
+    from fedsim.results.plots import compare_table, plot_compare
+
+    dirs = [r.run_dir for r in results]
+    plot_compare(dirs, study_dir / "compare_accuracy_vs_time.png", x="sim_time_s",
+                 labels=names, title=f"{title}: accuracy vs simulated time")
+    plot_compare(dirs, study_dir / "compare_accuracy_vs_round.png", x="round",
+                 labels=names, title=f"{title}: accuracy vs round")
+    table = compare_table(dirs, labels=names)
+    write_text(study_dir / "compare.md", table + "\n")
+    print(table, file=log)
 
 
 def _one_line(label: str, result: RunResult) -> str:

@@ -226,7 +226,7 @@ def test_write_summary_is_json(tmp_path):
     with RunWriter(tmp_path / "run") as writer:
         writer.write_summary({"b": 1, "a": Path("x"), "acc": 0.5})
     text = (tmp_path / "run" / "summary.json").read_text()
-    assert json.loads(text) == {"a": "x", "acc": 0.5, "b": 1}
+    assert json.loads(text) == {"a": "x", "acc": 0.5, "b": 1, "status": "complete"}
 
 
 # ---------------------------------------------------------------- errors

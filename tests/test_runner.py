@@ -34,10 +34,11 @@ seconds_per_sample = 0.01
 """
 
 
-def run_tiny(tmp_path: Path, out: str, *overrides: str):
+def run_tiny(tmp_path: Path, out: str, *overrides: str, overwrite: bool = False):
     path = tmp_path / "tiny.toml"
     path.write_text(TINY)
-    return run_file(path, overrides, output_dir=str(tmp_path / out), progress=False, log=None)
+    return run_file(path, overrides, output_dir=str(tmp_path / out), progress=False, log=None,
+                    overwrite=overwrite)
 
 
 def test_run_writes_metrics_summary_scenario_and_plots(tmp_path):
@@ -58,7 +59,7 @@ def test_same_seed_gives_identical_metrics_files(tmp_path):
     names = ("metrics.csv", "metrics.jsonl", "scenario.toml")
     (a,) = run_tiny(tmp_path, "a")
     first = {name: (a.run_dir / name).read_bytes() for name in names}
-    (b,) = run_tiny(tmp_path, "a")  # the same folder: scenario.toml names it
+    (b,) = run_tiny(tmp_path, "a", overwrite=True)  # the same folder: scenario.toml names it
     assert {name: (b.run_dir / name).read_bytes() for name in names} == first
     (c,) = run_tiny(tmp_path, "c", "seed=4")
     assert (c.run_dir / "metrics.csv").read_bytes() != first["metrics.csv"]

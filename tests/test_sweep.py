@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.errors import ScenarioError
+from fedsim.results.output import OutputError
 from fedsim.scenario import load_scenario
 from fedsim.sweep import plan, run_sweep
 
@@ -71,9 +72,13 @@ def test_a_finished_cell_is_not_run_again(tmp_path):
         run_sweep(path, output_dir=out, progress=False, log=fh)
     assert cell.stat().st_mtime_ns == first
     assert log.read_text().count("done before") == 4
-    # a changed scenario re-runs its cells
+    # other settings into the same folders: refused, nothing touched; --overwrite re-runs
+    with pytest.raises(OutputError, match="--overwrite"):
+        run_sweep(path, ["algorithm.lr=0.1"], output_dir=out, progress=False, log=None)
+    assert cell.stat().st_mtime_ns == first
     with open(log, "w") as fh:
-        run_sweep(path, ["algorithm.lr=0.1"], output_dir=out, progress=False, log=fh)
+        run_sweep(path, ["algorithm.lr=0.1"], output_dir=out, progress=False, log=fh,
+                  overwrite=True)
     assert "done before" not in log.read_text()
 
 

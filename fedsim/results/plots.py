@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import FedsimError
+from fedsim.results.output import save_figure
 from fedsim.results.records import read_metrics, summarize
 
 FIGSIZE_IN = (6.0, 4.0)
@@ -75,14 +76,12 @@ def _style_x(ax, x: str) -> None:
 
 
 def _save(fig, ax, path: Path, title: str, ylabel: str) -> Path:
-    """Title, y label, grid and tight layout, then write ``path`` as PNG."""
+    """Title, y label, grid and tight layout, then write ``path`` (atomically; see output)."""
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return save_figure(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
 
 
 def _line(ax, xs: list[float], ys: list[float], **kwargs: Any):

@@ -8,17 +8,22 @@ A run directory holds:
   byte-identical files.
 - ``timing.csv``: wall-clock seconds per round. These differ from run to run, so
   they live apart from the metrics.
-- ``summary.json`` and ``scenario.toml``: written on request.
+- ``summary.json``: ``status`` "running" from the start; at the end the run's
+  headline numbers and how it ended (see ``RunWriter.write_summary``).
+- ``scenario.toml``: written on request.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import math
 import numbers
 import operator
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
@@ -26,6 +31,13 @@ from types import TracebackType
 from typing import Any
 
 from fedsim.errors import DataError
+from fedsim.results.output import (
+    STATUS_KEY,
+    OutputError,
+    ensure_dir,
+    output_error,
+    write_text,
+)
 from fedsim.results.toml_writer import to_toml
 
 METRIC_FIELDS = (
@@ -42,12 +54,13 @@ METRIC_FIELDS = (
     "train_loss",
     "test_loss",
     "test_accuracy",
+    "rejected",
 )
 TIMING_FIELDS = ("round", "wall_time_s", "train_wall_s", "aggregate_wall_s", "eval_wall_s")
 
 INT_FIELDS = frozenset(
     {"round", "bytes_up", "bytes_down", "cum_bytes", "selected", "participants", "stragglers",
-     "dropped"}
+     "dropped", "rejected"}
 )
 OPTIONAL_FIELDS = frozenset({"train_loss", "test_loss", "test_accuracy"})
 
@@ -79,6 +92,8 @@ class RoundRecord:
         train_loss: mean training loss, or None.
         test_loss: test loss, or None on rounds without evaluation.
         test_accuracy: test accuracy in [0, 1], or None on rounds without evaluation.
+        rejected: received rows set aside before aggregation as non-finite (NaN, inf, or a
+            norm beyond the dtype's range; ``fedsim.stages.numerics.reject_nonfinite``).
     """
 
     round: int
@@ -94,6 +109,7 @@ class RoundRecord:
     train_loss: float | None = None
     test_loss: float | None = None
     test_accuracy: float | None = None
+    rejected: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -139,35 +155,68 @@ def _fmt(value: int | float | None) -> str:
 class RunWriter:
     """Writes one run's directory, a round at a time (see the module docstring).
 
-    Every line is flushed when written, so a crashed run keeps the rounds done.
+    Every row is written straight to the files (no buffer), so a crashed run keeps
+    the rounds done. A round is written to all three files or to none: if the disk
+    fills up part way, the files are cut back to the last whole round and an
+    ``OutputError`` names the file. ``summary.json`` says ``"status": "running"``
+    from the start; ``write_summary`` records how the run ended.
     Use as a context manager, or call ``close``.
 
     Args:
         run_dir: the run's directory; created with its parents if missing.
             Existing metrics files in it are overwritten.
+
+    Raises:
+        OutputError (a FedsimError): the directory or its files cannot be written.
     """
 
     def __init__(self, run_dir: Path | str):
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics_csv = self._open(METRICS_CSV)
-        self._metrics_jsonl = self._open(METRICS_JSONL)
-        self._timing_csv = self._open(TIMING_CSV)
-        self._metrics_rows = csv.writer(self._metrics_csv, lineterminator="\n")
-        self._timing_rows = csv.writer(self._timing_csv, lineterminator="\n")
-        self._write_line(self._metrics_csv, self._metrics_rows, METRIC_FIELDS)
-        self._write_line(self._timing_csv, self._timing_rows, TIMING_FIELDS)
+        self.closed = True
+        self._files: dict[str, Any] = {}
+        self._sizes: dict[str, int] = {}
+        ensure_dir(self.run_dir)
         self.closed = False
+        try:
+            for name in (METRICS_CSV, METRICS_JSONL, TIMING_CSV):
+                self._files[name] = self._open(name)
+                self._sizes[name] = 0
+        except OSError as err:
+            self.close()
+            raise output_error(self.run_dir / name, err) from None
+        self._write_rows({METRICS_CSV: _csv_line(METRIC_FIELDS),
+                          TIMING_CSV: _csv_line(TIMING_FIELDS)})
+        self._write_json(SUMMARY_JSON, {STATUS_KEY: "running"})
 
     def _open(self, name: str):
-        """Open ``name`` in the run directory for writing, UTF-8, "\\n" line ends."""
-        return open(self.run_dir / name, "w", encoding="utf-8", newline="")
+        """Open ``name`` in the run directory for unbuffered binary writing (truncated)."""
+        return open(self.run_dir / name, "wb", buffering=0)
 
-    @staticmethod
-    def _write_line(handle, writer, cells: Iterable[str]) -> None:
-        """Write one CSV row and flush it."""
-        writer.writerow(cells)
-        handle.flush()
+    def _write_rows(self, lines: Mapping[str, str]) -> None:
+        """Append each text line to its file: all of them, or none (files cut back).
+
+        Raises:
+            OutputError: a write failed; the files hold what they held before.
+        """
+        done = dict(self._sizes)
+        name = ""
+        try:
+            for name, text in lines.items():
+                _write_bytes(self._files[name], text.encode("utf-8"))
+                self._sizes[name] += len(text.encode("utf-8"))
+        except OSError as err:
+            self._cut_back(done)
+            self.close()
+            raise output_error(self.run_dir / name, err) from None
+
+    def _cut_back(self, sizes: Mapping[str, int]) -> None:
+        """Truncate every file to ``sizes`` (the last whole row); errors ignored."""
+        for name, size in sizes.items():
+            try:
+                os.ftruncate(self._files[name].fileno(), size)
+            except (OSError, ValueError):
+                pass
+            self._sizes[name] = size
 
     def write_scenario(self, scenario: Mapping[str, Any]) -> None:
         """Write the resolved scenario as ``scenario.toml``.
@@ -176,7 +225,7 @@ class RunWriter:
             scenario: nested dict of str/int/float/bool/list/dict (None values are
                 left out: TOML has no null).
         """
-        _write_text(self.run_dir / SCENARIO_TOML, to_toml(scenario))
+        write_text(self.run_dir / SCENARIO_TOML, to_toml(scenario))
 
     def append(
         self,
@@ -186,7 +235,7 @@ class RunWriter:
         eval_wall_s: float = 0.0,
         aggregate_wall_s: float = 0.0,
     ) -> None:
-        """Write one round to metrics.csv, metrics.jsonl and timing.csv.
+        """Write one round to metrics.csv, metrics.jsonl and timing.csv (all or none).
 
         Args:
             record: the round's simulated metrics.
@@ -194,32 +243,59 @@ class RunWriter:
             train_wall_s: of which training.
             eval_wall_s: of which evaluation.
             aggregate_wall_s: of which the server's aggregation.
+
+        Raises:
+            OutputError: the disk is full (or another write error); the files keep
+                every earlier round, whole.
         """
         if self.closed:
             raise ValueError(f"RunWriter for {self.run_dir} is closed")
         row = record.as_dict()
-        self._write_line(self._metrics_csv, self._metrics_rows, [_fmt(v) for v in row.values()])
-        self._metrics_jsonl.write(json.dumps(row) + "\n")
-        self._metrics_jsonl.flush()
         timing = (record.round, float(wall_time_s), float(train_wall_s),
                   float(aggregate_wall_s), float(eval_wall_s))
-        self._write_line(self._timing_csv, self._timing_rows, [_fmt(v) for v in timing])
+        self._write_rows({
+            METRICS_CSV: _csv_line([_fmt(v) for v in row.values()]),
+            METRICS_JSONL: json.dumps(row) + "\n",
+            TIMING_CSV: _csv_line([_fmt(v) for v in timing]),
+        })
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Write ``summary.json`` (sorted keys, indented; numpy scalars and paths allowed).
 
+        A ``status`` is added unless given: ``"complete"``, or, when called while an
+        exception propagates (from a ``finally`` block), ``"interrupted"`` for
+        Ctrl-C / SIGTERM and ``"failed"`` otherwise. If the summary cannot be
+        written while another error propagates, that error is the one reported
+        (the summary keeps ``"running"``).
+
         Args:
             summary: JSON-able dict, e.g. the result of ``summarize``.
+
+        Raises:
+            OutputError: it cannot be written (and no other error is propagating).
         """
-        text = json.dumps(summary, indent=2, sort_keys=True, default=_json_default) + "\n"
-        _write_text(self.run_dir / SUMMARY_JSON, text)
+        pending = sys.exc_info()[1]
+        summary = {STATUS_KEY: _status(pending), **summary}
+        try:
+            self._write_json(SUMMARY_JSON, summary)
+        except OutputError:
+            self.close()
+            if pending is None:
+                raise
+
+    def _write_json(self, name: str, value: Mapping[str, Any]) -> None:
+        """Write ``value`` as indented JSON to ``name``, atomically."""
+        text = json.dumps(value, indent=2, sort_keys=True, default=_json_default) + "\n"
+        write_text(self.run_dir / name, text)
 
     def close(self) -> None:
         """Close the files (safe to call twice)."""
-        if not self.closed:
-            for handle in (self._metrics_csv, self._metrics_jsonl, self._timing_csv):
+        for handle in self._files.values():
+            try:
                 handle.close()
-            self.closed = True
+            except OSError:
+                pass
+        self.closed = True
 
     def __enter__(self) -> RunWriter:
         return self
@@ -231,6 +307,30 @@ class RunWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _status(pending: BaseException | None) -> str:
+    """How a run ended, from the exception propagating when its summary is written."""
+    if pending is None:
+        return "complete"
+    return "interrupted" if isinstance(pending, KeyboardInterrupt) else "failed"
+
+
+def _csv_line(cells: Iterable[Any]) -> str:
+    """One CSV row as text, ending in "\\n"."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    return buffer.getvalue()
+
+
+def _write_bytes(handle, data: bytes) -> None:
+    """Write all of ``data`` to the unbuffered ``handle`` (a raw write may be partial)."""
+    view = memoryview(data)
+    while view:
+        written = handle.write(view)
+        if not written:
+            raise OSError(errno.EIO, "write returned no progress")
+        view = view[written:]
 
 
 def _json_default(value: Any) -> Any:
@@ -246,15 +346,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"summary value of type {type(value).__name__} is not JSON-able: {value!r}")
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------- TOML writer
+# ---------------------------------------------------------------- readers
 
 def metrics_path(run_dir: Path | str) -> Path:
     """The metrics.csv of ``run_dir``, checked to exist.
@@ -269,11 +361,14 @@ def metrics_path(run_dir: Path | str) -> Path:
         DataError (a FedsimError): the directory or its metrics.csv is missing.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"run directory not found: {run_dir}")
     path = run_dir / METRICS_CSV
-    if not path.is_file():
-        raise DataError(f"no {METRICS_CSV} in run directory {run_dir}")
+    try:
+        if not run_dir.is_dir():
+            raise DataError(f"run directory not found: {run_dir}")
+        if not path.is_file():
+            raise DataError(f"no {METRICS_CSV} in run directory {run_dir}")
+    except OSError as err:
+        raise DataError(f"cannot read {run_dir}: {err.strerror or err}") from None
     return path
 
 
@@ -315,18 +410,43 @@ def read_timing(run_dir: Path | str) -> list[dict[str, Any]]:
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows of a run CSV with a 'round' column, numbers parsed, empty cells as None."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "round" not in reader.fieldnames:
-            raise DataError(f"{path}: no header with a 'round' column")
-        rows = []
-        for row in reader:
-            try:
-                rows.append({k: _parse(k, v or "") for k, v in row.items() if k is not None})
-            except ValueError as err:
-                raise DataError(f"{path}, line {reader.line_num}: {err}") from None
+    """Rows of a run CSV with a 'round' column, numbers parsed, empty cells as None.
+
+    Raises:
+        DataError: the file cannot be read, is not UTF-8, is cut mid-line, or a
+            row does not match the header.
+    """
+    lines = _csv_text(path).splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        raise DataError(f"{path}: truncated: line {len(lines)} ends without a line end "
+                        f"(the run stopped while writing it?); delete that line to read the rest")
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header is None or "round" not in header:
+        raise DataError(f"{path}: no header with a 'round' column")
+    rows = []
+    for cells in reader:
+        if len(cells) != len(header):
+            raise DataError(f"{path}, line {reader.line_num}: {len(cells)} cells, the header "
+                            f"has {len(header)}")
+        try:
+            rows.append({k: _parse(k, v) for k, v in zip(header, cells, strict=True)})
+        except ValueError as err:
+            raise DataError(f"{path}, line {reader.line_num}: {err}") from None
     return rows
+
+
+def _csv_text(path: Path) -> str:
+    """The whole text of a run CSV, checked to be UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                        f"{err.start}); not a file fedsim wrote?") from None
 
 
 # ---------------------------------------------------------------- summary
