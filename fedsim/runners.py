@@ -188,6 +188,7 @@ class FederatedRun:
         self.m_target = min(n, math.ceil(sc.clients_per_round * over))
         self.diverged_round: int | None = None
         self.not_converged_rounds = 0
+        self.rejected = self.rejected_rows = 0  # non-finite rows: this round, all rounds
 
     def select(self) -> np.ndarray:
         """The round's cohort, drawn from the clients online now (sampling stream)."""
@@ -204,6 +205,7 @@ class FederatedRun:
                                      (self.sizes[selected] * alg.client.epochs).tolist(),
                                      self.bytes_down, self.bytes_up, k=k)
         done = list(sched.completed)
+        self.rejected = 0
         t0 = time.perf_counter()
         train_loss, agg_wall = (self._update(rnd, done) if done else (None, 0.0))
         train_wall = time.perf_counter() - t0 - agg_wall
@@ -220,6 +222,7 @@ class FederatedRun:
             selected=len(sched.selected), participants=len(done),
             stragglers=len(sched.stragglers), dropped=len(sched.dropped),
             train_loss=train_loss, test_loss=test_loss, test_accuracy=test_acc,
+            rejected=self.rejected,
         )
         return record, {"train_wall_s": train_wall, "aggregate_wall_s": agg_wall,
                         "eval_wall_s": eval_wall}
@@ -230,6 +233,7 @@ class FederatedRun:
 
         from fedsim.byzantine import byzantine_mask
         from fedsim.stages.base import Ctx
+        from fedsim.stages.numerics import reject_nonfinite
 
         alg, st, device = self.alg, self.states, self.device
         c = alg.client
@@ -245,11 +249,13 @@ class FederatedRun:
         rows, st["attack"] = self.attack.update(rows, st["attack"],
                                                 ctx._replace(gen=self.gens["attack"]))
         t0 = time.perf_counter()
-        agg, st["aggregate"] = alg.aggregate.aggregate(rows, st["aggregate"],
-                                                       ctx._replace(gen=self.gens["aggregate"]))
+        rows, actx, self.rejected = reject_nonfinite(rows, ctx._replace(gen=self.gens["aggregate"]))
+        self.rejected_rows += self.rejected
+        if rows.shape[0]:  # every row rejected: the round applies no update
+            agg, st["aggregate"] = alg.aggregate.aggregate(rows, st["aggregate"], actx)
+            self.not_converged_rounds += _not_converged(st["aggregate"])
+            self.params, st["server"] = alg.server.apply(self.params, agg, st["server"])
         agg_wall = time.perf_counter() - t0
-        self.not_converged_rounds += _not_converged(st["aggregate"])
-        self.params, st["server"] = alg.server.apply(self.params, agg, st["server"])
         w = weights.to(res.losses.device)
         return float((res.losses * w).sum() / w.sum()), agg_wall
 
@@ -267,7 +273,8 @@ class FederatedRun:
         out = {"name": self.sc.name, "device": self.device, "num_params": self.pop.d,
                "num_clients": self.sc.data.num_clients, "diverged_round": self.diverged_round,
                "byzantine_clients": int(self.is_byzantine.sum()),
-               "aggregator_not_converged_rounds": self.not_converged_rounds}
+               "aggregator_not_converged_rounds": self.not_converged_rounds,
+               "rejected_rows": self.rejected_rows}
         if self.backdoor_test is not None:
             _, out["backdoor_success"] = self.pop.evaluate(self.params, *self.backdoor_test)
         return out

@@ -34,6 +34,8 @@ from fedsim.errors import ScenarioError
 from fedsim.stages.base import FLOAT_BYTES, Ctx, Stage, identity
 from fedsim.stages.registry import call_with_params
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
 # (U [m, d], byzantine mask [m], ctx) -> replacement rows [f, d] for the f Byzantine rows
 RowRule = Callable[[Tensor, Tensor, Ctx], Tensor]
 
@@ -299,7 +301,7 @@ def build_update_attack(name: str, params: dict[str, Any] | None = None) -> Stag
 
 
 def _real(value: Any, key: str, low: float | None = None) -> float:
-    """``value`` as a finite float (>= ``low`` if given).
+    """``value`` as a float, finite in float32 (>= ``low`` if given).
 
     Raises:
         ScenarioError: on ``attack.params.<key>`` otherwise.
@@ -309,6 +311,9 @@ def _real(value: Any, key: str, low: float | None = None) -> float:
     value = float(value)
     if not math.isfinite(value):
         raise ScenarioError(f"attack.params.{key}", f"must be finite, got {value}")
+    if abs(value) > FLOAT32_MAX:  # rows are float32: the attack itself would overflow
+        raise ScenarioError(f"attack.params.{key}", f"must be at most {FLOAT32_MAX:.6g} in "
+                                                    f"magnitude (float32), got {value:g}")
     if low is not None and value < low:
         raise ScenarioError(f"attack.params.{key}", f"must be >= {low}, got {value}")
     return value

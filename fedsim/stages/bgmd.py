@@ -15,6 +15,7 @@ from torch import Tensor
 from fedsim.errors import ScenarioError
 from fedsim.stages.base import Aggregator, Ctx
 from fedsim.stages.geomed import GMInfo, check_gm_params, geometric_median_rows, normalize_weights
+from fedsim.stages.numerics import finite_rows
 
 SELECTIONS = ("topk", "norm_sampling")
 MEMORIES = (True, False, "client")
@@ -63,17 +64,17 @@ def _check_params(k_fraction: float, selection: str, memory: bool | str) -> None
 def column_sq_norms(updates: Tensor, shift: Tensor | None = None) -> Tensor:
     """``||G[:, j]||^2`` for ``G = updates + shift`` (shift broadcast to every row), ``[d]``.
 
-    Accumulated row by row, which never builds ``G`` and is faster on CPU than a reduction
-    over dim 0.
+    Accumulated row by row in float64, which never builds ``G``, is faster on CPU than a
+    reduction over dim 0, and does not overflow for float32 rows (a square of 1e20 would).
     """
-    acc = torch.zeros(updates.shape[1], dtype=updates.dtype, device=updates.device)
+    acc = torch.zeros(updates.shape[1], dtype=torch.float64, device=updates.device)
     row = torch.empty_like(acc)
     for u in updates:
         if shift is None:
-            acc.addcmul_(u, u)
+            row.copy_(u)
         else:
-            torch.add(u, shift, out=row)
-            acc.addcmul_(row, row)
+            torch.add(u.double(), shift, out=row)
+        acc.addcmul_(row, row)
     return acc
 
 
@@ -176,7 +177,10 @@ def bgmd(
         d = updates.shape[1]
         mem = state.memory.to(updates)  # [num_clients, d]
         rows = updates + mem.index_select(0, ctx.senders)  # [m, d]
-        kept = select_columns((rows * rows).sum(0), block_size(k_fraction, d), selection,
+        overflowed = ~finite_rows(rows)  # a memory grown past the dtype is dropped
+        if bool(overflowed.any()):
+            rows[overflowed] = updates[overflowed]
+        kept = select_columns(column_sq_norms(rows), block_size(k_fraction, d), selection,
                               ctx.gen)  # [k]
         median, info = geometric_median_rows(rows.index_select(1, kept), ctx.weights, nu,
                                              maxiter, ftol)  # [k]
@@ -194,4 +198,4 @@ def _left_out_mean(updates: Tensor, mem: Tensor, weights: Tensor, kept: Tensor) 
     alpha = normalize_weights(weights, updates)  # [m], sums to 1
     left = alpha @ updates + mem
     left[kept] = 0
-    return left
+    return torch.nan_to_num(left, nan=0.0, posinf=0.0, neginf=0.0)  # overflowed: dropped

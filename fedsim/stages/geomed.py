@@ -15,6 +15,7 @@ from torch import Tensor
 
 from fedsim.errors import ScenarioError
 from fedsim.stages.base import Aggregator, Ctx
+from fedsim.stages.numerics import coordinate_median, row_norms, weighted_median_1d
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,8 @@ class GMInfo:
 
     Attributes:
         iterations: Weiszfeld updates performed (0 when the start is already exact).
-        converged: whether the relative-change test ``|g_prev - g| <= ftol * g`` was met
-            before ``maxiter``.
+        converged: whether the last step was at most ``ftol`` times the honest scale (the
+            weighted median distance to the start), or at rounding level, before ``maxiter``.
         objective: the final ``g(v) = sum_i alpha_i ||v - w_i||`` with ``alpha`` summing to 1.
         objectives: ``g`` at the start and after each update, when asked for (``trace=True``).
     """
@@ -78,16 +79,36 @@ def normalize_weights(weights: Tensor | None, updates: Tensor) -> Tensor:
 
 
 def _distances(updates: Tensor, v: Tensor) -> Tensor:
-    """``||w_i - v||`` for every row ``[m]``, computed directly (no Gram-matrix cancellation)."""
-    return torch.cdist(updates, v[None], compute_mode="donot_use_mm_for_euclid_dist")[:, 0]
+    """``||w_i - v||`` for every row, float64 ``[m]``, free of overflow (``row_norms``).
 
-
-def _rounding_floor(v0: Tensor, g0: float, dtype: torch.dtype) -> float:
-    """Changes of ``g`` below this are rounding noise: 16 eps times a bound on the mean row norm.
-
-    ``sum_i alpha_i ||w_i|| <= ||v0|| + g(v0)`` for the weighted mean ``v0``, at no extra pass.
+    A difference that overflows the dtype (rows near its largest value) is redone in float64.
     """
-    return 16 * torch.finfo(dtype).eps * (float(torch.linalg.vector_norm(v0)) + g0)
+    dist = row_norms(updates - v)  # [m]
+    big = ~torch.isfinite(dist)
+    if bool(big.any()):
+        idx = big.nonzero()[:, 0]
+        dist[idx] = row_norms(updates.index_select(0, idx).double() - v.double())
+    return dist
+
+
+def _combine(updates: Tensor, c: Tensor) -> Tensor:
+    """``sum_i c_i w_i`` for float64 weights ``c [m]``, in the dtype of ``updates``.
+
+    A far row's weight can be too small for the dtype (``alpha / 1e38`` in float32) while
+    ``c_i w_i`` is of the honest scale: such rows are summed in float64 instead.
+    """
+    dtype = updates.dtype
+    small = c < torch.finfo(dtype).tiny / torch.finfo(dtype).eps
+    if not bool(small.any()):
+        return c.to(dtype) @ updates
+    near, far = (~small).nonzero()[:, 0], small.nonzero()[:, 0]
+    out = c[near].to(dtype) @ updates.index_select(0, near)
+    return out + (c[far] @ updates.index_select(0, far).double()).to(dtype)
+
+
+def _rounding_floor(v: Tensor, scale: float, dtype: torch.dtype) -> float:
+    """Moves below this are rounding noise: 16 eps times the estimate's norm plus the scale."""
+    return 16 * torch.finfo(dtype).eps * (float(row_norms(v[None])[0]) + scale)
 
 
 def geometric_median_rows(
@@ -100,59 +121,69 @@ def geometric_median_rows(
 ) -> tuple[Tensor, GMInfo]:
     """Weighted geometric median of the rows by smoothed Weiszfeld iterations.
 
-    Pseudo-code (RFA's smoothed Weiszfeld algorithm):
-        v <- sum_i alpha_i w_i                               (start at the weighted mean)
+    Pseudo-code (RFA's smoothed Weiszfeld algorithm, from a robust start):
+        v <- the weighted coordinate-wise median of the rows
+        s <- the weighted median of ||w_i - v||           (the honest scale)
+        if s = 0: return v            (half the weight sits at v: v is a geometric median)
         repeat up to maxiter times:
             beta_i <- alpha_i / max(nu, ||v - w_i||)
-            v <- sum_i beta_i w_i / sum_i beta_i
-            stop when |g_prev - g(v)| <= ftol * g(v),  g(v) = sum_i alpha_i ||v - w_i||
+            v' <- sum_i beta_i w_i / sum_i beta_i
+            stop when ||v' - v|| <= ftol * s + (rounding floor);  v <- v'
 
-    A change of ``g`` at rounding level (16 machine epsilons times the rows' scale) also
-    counts as converged, so identical or nearly identical rows end at once instead of
-    chasing rounding noise to ``maxiter``.
+    Nothing here grows with the outliers' distance: less than half the weight cannot move
+    the start or ``s`` farther than the honest rows' spread, distances are computed without
+    squaring overflow (``row_norms``, float64), a far row's tiny weight is summed in float64,
+    and the stopping rule measures the estimate's own movement against ``s``, not a change
+    of the objective (which outliers at distance R inflate to about R). The rounding floor,
+    16 machine epsilons times ``||v|| + s``, ends the iterations once the moves are at
+    rounding level. ``converged`` is False when ``maxiter`` ran out first.
 
     Each update minimizes a majorizer of the nu-smoothed objective, so that objective never
-    increases; the plain ``g`` never increases while every distance is >= nu, and can rise by
-    at most nu/2 otherwise. The relative test stops once ``g`` changes by less than
-    ``ftol * g``; as ``g`` grows with the outliers' distance, so does the error it leaves
-    (about ``ftol`` times that distance): for outliers ``1e8`` times the honest spread, lower
-    ``ftol``.
+    increases; the plain ``g(v) = sum_i alpha_i ||v - w_i||`` never increases while every
+    distance is >= nu, and can rise by at most nu/2 otherwise. Weiszfeld converges linearly
+    away from the rows, so the error left is about ``ftol * s`` times a constant.
 
     Args:
         updates: ``[m, d]`` rows ``w_i``.
         weights: ``[m]`` non-negative weights (normalized to ``alpha``), None for equal weights.
         nu: smoothing floor on the distances (> 0), avoids dividing by zero at a row.
         maxiter: most Weiszfeld updates (>= 1).
-        ftol: relative tolerance on the objective's change (>= 0).
+        ftol: tolerance on a step's length, relative to the honest scale ``s`` (>= 0).
         trace: also record ``g`` at the start and after each update in ``GMInfo.objectives``.
 
     Returns:
-        ``(v [d], GMInfo)``. Identical rows give that row (up to rounding), never zeros.
+        ``(v [d], GMInfo)``. Identical rows give that row, never zeros.
 
     Raises:
         ValueError: weights that sum to 0, negative or of the wrong shape.
 
     References: Pillutla, Kakade, Harchaoui, "Robust Aggregation for Federated Learning",
-    IEEE Transactions on Signal Processing 70 (2022), smoothed Weiszfeld algorithm (RFA).
+    IEEE Transactions on Signal Processing 70 (2022), smoothed Weiszfeld algorithm (RFA);
+    Weiszfeld (1937); Minsker, "Geometric median and robust estimation in Banach spaces",
+    Bernoulli 21 (2015) (the median of distances as a robust scale).
     """
     check_gm_params(nu, maxiter, ftol)
-    alpha = normalize_weights(weights, updates)  # [m]
-    v = alpha @ updates  # [d]
-    dist = _distances(updates, v)  # [m]
+    alpha = normalize_weights(weights, updates).double()  # [m]
+    raw = None if weights is None else weights.to(device=updates.device, dtype=torch.float64)
+    v = coordinate_median(updates, raw)  # [d]; raw counts sum exactly
+    dist = _distances(updates, v)  # [m] float64
     objective = float(alpha @ dist)
     objectives = [objective]
-    floor = _rounding_floor(v, objective, updates.dtype)
-    if objective <= floor:  # the weighted rows coincide up to rounding: v is the median
+    scale = weighted_median_1d(dist, alpha)
+    floor = _rounding_floor(v, scale, updates.dtype)
+    if scale <= floor:  # half the weight within rounding of v: v is a geometric median
         return v, GMInfo(0, True, objective, tuple(objectives) if trace else ())
     iterations, converged = 0, False
     while iterations < maxiter and not converged:
         iterations += 1
         beta = alpha / dist.clamp_min(nu)  # [m]
-        v = (beta / beta.sum()) @ updates  # [d]
+        new = _combine(updates, beta / beta.sum())  # [d]
+        step = float(row_norms((new - v)[None])[0])
+        v = new
         dist = _distances(updates, v)
-        previous, objective = objective, float(alpha @ dist)
+        objective = float(alpha @ dist)
         objectives.append(objective)
-        converged = abs(previous - objective) <= ftol * objective + floor
+        converged = step <= ftol * scale + floor
     return v, GMInfo(iterations, converged, objective, tuple(objectives) if trace else ())
 
 
@@ -162,7 +193,7 @@ def geometric_median(nu: float = 1e-6, maxiter: int = 100, ftol: float = 1e-6) -
     Args:
         nu: smoothing floor on the distances (> 0).
         maxiter: most Weiszfeld updates per call (>= 1).
-        ftol: relative tolerance on the objective's change (>= 0).
+        ftol: tolerance on a Weiszfeld step, relative to the honest scale (>= 0).
 
     Returns:
         An ``Aggregator``; its state is the ``GMInfo`` of the last call (None before the

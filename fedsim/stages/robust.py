@@ -16,6 +16,7 @@ from torch import Tensor
 
 from fedsim.errors import ScenarioError
 from fedsim.stages.base import Aggregator, Ctx
+from fedsim.stages.numerics import row_norms
 
 
 def _require_rows(updates: Tensor) -> int:
@@ -88,14 +89,16 @@ def trimmed_mean(beta: float) -> Aggregator:
 def pairwise_sq_distances(updates: Tensor, chunk: int = 1 << 16) -> Tensor:
     """``||U_i - U_j||^2`` for every pair of rows ``[n, n]`` in float64.
 
-    A Gram matrix accumulated over column chunks, each chunk centred first (distances do
-    not change under a shift), so a large common offset does not cancel away the digits.
+    A Gram matrix accumulated over column chunks, each chunk centred first on its
+    coordinate-wise median (distances do not change under a shift), so neither a large
+    common offset nor far outliers cancel away the digits of the distances between the
+    rows near the median (centring on the mean would move them by the outliers' 1/n share).
     """
     n = updates.shape[0]
     gram = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
     for block in updates.split(chunk, dim=1):
         b = block.double()
-        b = b - b.mean(dim=0)
+        b = b - b.median(dim=0).values
         gram += b @ b.T
     sq = gram.diagonal()
     return (sq[:, None] + sq[None, :] - 2 * gram).clamp_min(0)
@@ -187,7 +190,9 @@ def centered_clipping(tau: float, iterations: int = 1) -> Aggregator:
     Pseudo-code, with v the previous aggregate (zeros at the first call):
         repeat `iterations` times:
             v <- v + (1/n) sum_i (U_i - v) * min(1, tau / ||U_i - v||)
-    Each repetition moves v by at most tau. ``ctx.weights`` is ignored (the paper averages
+    Each repetition moves v by at most tau, however far the rows are: norms are taken without
+    overflow (``row_norms``) and a far row's clipped step is summed in float64, so a row at
+    1e38 pulls exactly as hard as one at 1e3. ``ctx.weights`` is ignored (the paper averages
     uniformly). The paper's robustness relies on clients sending momentum; here the rows are
     whatever the uplink chain produced, so pair it with a client momentum stage for the paper's
     setting.
@@ -211,13 +216,31 @@ def centered_clipping(tau: float, iterations: int = 1) -> Aggregator:
         return torch.zeros(d)
 
     def aggregate(updates: Tensor, state: Tensor, ctx: Ctx) -> tuple[Tensor, Tensor]:
-        _require_rows(updates)
+        n = _require_rows(updates)
         v = state.to(updates)  # [d]
         for _ in range(iterations):
             diff = updates - v  # [n, d]
-            norms = torch.linalg.vector_norm(diff, dim=1)  # [n]
-            scale = torch.where(norms > tau, tau / norms, torch.ones_like(norms))
-            v = v + (scale @ diff) / updates.shape[0]
+            norms = row_norms(diff)  # [n] float64, no overflow
+            v = v + _clipped_sum(updates, v, diff, norms, tau) / n
         return v, v
 
     return Aggregator(init=init, aggregate=aggregate)
+
+
+def _clipped_sum(updates: Tensor, v: Tensor, diff: Tensor, norms: Tensor, tau: float) -> Tensor:
+    """``sum_i min(1, tau / ||U_i - v||) (U_i - v)`` with float64 ``norms [n]``, in the rows' dtype.
+
+    Where the clipping factor is too small for the dtype, or ``U_i - v`` overflowed it, that
+    row's term (of length at most tau) is formed in float64 from the row itself.
+    """
+    dtype = updates.dtype
+    scale = torch.where(norms > tau, tau / norms, torch.ones_like(norms))
+    far = (scale < torch.finfo(dtype).tiny / torch.finfo(dtype).eps) | ~torch.isfinite(norms)
+    if not bool(far.any()):
+        return scale.to(dtype) @ diff
+    near, idx = (~far).nonzero()[:, 0], far.nonzero()[:, 0]
+    out = scale[near].to(dtype) @ diff.index_select(0, near)
+    d64 = updates.index_select(0, idx).double() - v.double()  # [f, d]
+    n64 = row_norms(d64)
+    s64 = torch.where(n64 > tau, tau / n64, torch.ones_like(n64))
+    return out + (s64 @ d64).to(dtype)
