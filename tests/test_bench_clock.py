@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from dataclasses import replace
 
 import pytest
@@ -11,21 +13,51 @@ from fedsim.bench.clock_bench import Workload, fedsim_round, raw_round
 from fedsim.cli import main
 
 
-def test_cli_smoke_reports_both_sides(capsys):
-    assert main(["bench", "clock", "--clients", "50", "--repeats", "1"]) == 0
+def _finite_positive(*values: float) -> bool:
+    return all(math.isfinite(v) and v > 0 for v in values)
+
+
+def test_cli_reports_both_sides_with_consistent_figures(capsys):
+    assert main(["bench", "clock", "--clients", "20", "50", "--repeats", "3"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     figures = json.loads(out[-1])
     assert figures["bench"] == "clock"
-    (row,) = figures["results"]
-    for key in ("clients", "raw_events_per_s", "fedsim_events_per_s", "ratio_fedsim_over_raw",
-                "fedsim_peak_rss_mb", "raw_simpy_events", "fedsim_simpy_events"):
-        assert key in row
-    assert row["clients"] == 50
-    assert row["events"] > 0 and row["raw_events"] > 0
-    assert row["raw_simpy_events"] > 0 and row["fedsim_simpy_events"] > 0
-    assert row["raw_completed"] == row["fedsim_completed"] == 50
-    assert row["default_path"] == "simpy"  # a shared server link is never the closed form
-    assert row["fedsim_peak_rss_mb"] > 0
+    rows = figures["results"]
+    assert [row["clients"] for row in rows] == [20, 50]  # one row per N, in order
+    for row in rows:
+        n = row["clients"]
+        # every client completes; 5 domain events each on both sides; simpy events: 7 per
+        # client for raw, 6 for fedsim (its arrival is scheduled one latency ahead)
+        assert row["raw_completed"] == row["fedsim_completed"] == n
+        assert row["events"] == row["raw_events"] == 5 * n
+        assert (row["raw_simpy_events"], row["fedsim_simpy_events"]) == (7 * n, 6 * n)
+        # both sides simulate the same round
+        assert row["raw_end_s"] == pytest.approx(row["fedsim_end_s"], rel=1e-12)
+        assert row["default_path"] == "simpy"  # a shared server link is never the closed form
+        # timings: finite and positive, and the reported figures derive from them
+        walls = {side: row[f"{side}_wall_s_all"] for side in ("raw", "raw_nogc", "fedsim")}
+        assert all(len(v) == 3 and _finite_positive(*v) for v in walls.values())
+        assert row["raw_wall_s"] == statistics.median(walls["raw"])
+        assert row["fedsim_wall_s"] == statistics.median(walls["fedsim"])
+        assert row["raw_nogc_wall_s"] == statistics.median(walls["raw_nogc"])
+        assert row["fedsim_events_per_s"] == pytest.approx(5 * n / row["fedsim_wall_s"])
+        assert row["raw_events_per_s"] == pytest.approx(5 * n / row["raw_wall_s"])
+        assert row["ratio_fedsim_over_raw"] == pytest.approx(statistics.median(
+            r / f for r, f in zip(walls["raw"], walls["fedsim"], strict=True)))
+        assert _finite_positive(row["ratio_cpu"], row["ratio_cpu_nogc"], row["default_wall_s"])
+        # each side's peak memory, from its own fresh process: a Python process with simpy
+        # and numpy, far from the 4 GB goal at this size
+        assert 10 < row["raw_peak_rss_mb"] < 1024 and 10 < row["fedsim_peak_rss_mb"] < 1024
+
+
+def test_without_a_shared_link_the_default_path_is_the_closed_form():
+    # docs/performance.md: with no shared link the clock computes the round in closed form
+    w = Workload(clients=40, server_bps=0.0, bytes_down=20_000, seed=3)
+    fast, path = fedsim_round(w, fast_path=True)
+    slow, slow_path = fedsim_round(w)
+    assert (path, slow_path) == ("closed form", "simpy")
+    assert fast.simpy_events == 0 and fast.completed == slow.completed == 40
+    assert fast.end_s == pytest.approx(slow.end_s, rel=1e-12)
 
 
 @pytest.mark.parametrize("bytes_down", [0, 20_000])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,13 +57,21 @@ def test_sample_orders_are_permutations() -> None:
     assert not np.array_equal(orders[0], orders[1])
 
 
+def _finite_positive(*values: float) -> bool:
+    return all(math.isfinite(v) and v > 0 for v in values)
+
+
+def test_steady_round_is_the_median_of_rounds_after_the_first() -> None:
+    assert flower_bench.steady_round_s([9.0, 1.0, 3.0, 2.0]) == 2.0
+    assert flower_bench.steady_round_s([9.0, 1.0, 3.0]) == 2.0
+    assert flower_bench.steady_round_s([9.0]) == 9.0
+
+
 def test_add_arguments_defaults() -> None:
     parser = argparse.ArgumentParser()
     flower_bench.add_arguments(parser)
     args = parser.parse_args([])
     assert (args.clients, args.rounds, args.repeats, args.flower_timeout) == (1000, 3, 3, 900.0)
-
-
 
 
 def test_bench_flower_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,11 +92,25 @@ def test_bench_flower_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
                     "flower_per_round_s", "ratio_flower_over_fedsim_per_round",
                     "max_abs_diff_final_model", "models_agree"):
             assert figures.get(key) is not None, (key, report)
-        assert figures["bench"] == "flower" and figures["clients"] == 4
-        assert len(figures["flower_round_s"]) == 2
+        assert figures["bench"] == "flower"
+        assert (figures["clients"], figures["rounds"], figures["repeats"]) == (4, 2, 1)
         assert figures["models_agree"] is True, report
         assert figures["max_abs_diff_final_model"] < 1e-4
-        assert figures["ratio_flower_over_fedsim_per_round"] > 0
+        # timings: finite and positive, and every derived figure follows from them
+        rounds = figures["flower_round_s"]
+        assert len(rounds) == 2 and _finite_positive(*rounds)
+        assert figures["flower_first_round_s"] == rounds[0]
+        assert figures["flower_per_round_s"] == rounds[1]  # the median of rounds 2..R
+        assert _finite_positive(figures["flower_startup_s"], figures["flower_shutdown_s"])
+        assert figures["flower_total_s"] == pytest.approx(
+            figures["flower_startup_s"] + sum(rounds) + figures["flower_shutdown_s"])
+        runs = figures["fedsim_per_round_runs_s"]
+        assert len(runs) == 1 and figures["fedsim_per_round_s"] == runs[0]
+        assert _finite_positive(figures["fedsim_per_round_s"], figures["fedsim_first_round_s"],
+                                figures["fedsim_total_s"])
+        assert figures["fedsim_setup_s"] >= 0
+        assert figures["ratio_flower_over_fedsim_per_round"] == pytest.approx(
+            figures["flower_per_round_s"] / figures["fedsim_per_round_s"])
         # everything Flower and Ray started is gone, and so are their files
         assert processes.processes_mentioning(base) == []
         assert [c for c in psutil.Process().children(recursive=True)

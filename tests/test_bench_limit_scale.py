@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 
 import pytest
 
@@ -17,28 +19,76 @@ def _last_json(capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(out[-1])
 
 
+def _finite_positive(*values: float) -> bool:
+    return all(math.isfinite(v) and v > 0 for v in values)
+
+
+def _ratio_of_rounded(ratio: float, num: float, den: float, places: int, ratio_places: int
+                      ) -> bool:
+    """``ratio`` (rounded to ``ratio_places``) is ``num / den`` for the unrounded times behind
+    ``num`` and ``den`` (each rounded to ``places``)."""
+    h, hr = 0.5 * 10.0**-places, 0.5 * 10.0**-ratio_places
+    return (num - h) / (den + h) - hr <= ratio <= (num + h) / (den - h) + hr
+
+
 def test_limit_bench_tiny(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "limit", "--clients", "8", "--rounds", "2", "--repeats", "1"]) == 0
+    assert main(["bench", "limit", "--clients", "8", "--rounds", "2", "--repeats", "2"]) == 0
     fig = _last_json(capsys)
-    for key in ("bench", "clients", "rounds", "fedsim_s", "limit_s",
-                "ratio_fedsim_over_limit", "models_agree"):
-        assert key in fig
     assert fig["bench"] == "limit"
-    assert (fig["clients"], fig["rounds"]) == (8, 2)
+    assert (fig["clients"], fig["rounds"], fig["repeats"]) == (8, 2, 2)
+    assert fig["threads"] == f"default({os.environ.get('FEDSIM_TORCH_THREADS', '1')})"
+    # all three sides end with the same global model
     assert fig["models_agree"] is True
-    assert fig["ratio_fedsim_over_limit"] > 0
-    assert fig["fedsim_s"] > 0 and fig["limit_s"] > 0
-    assert fig["breakdown_s"]["total"] > 0
+    # the workload's MLP trains with the fused engine; chunks never exceed the clients
+    assert fig["engine"] == "fused_mlp"
+    assert 1 <= fig["engine_chunk"] <= 8 and 1 <= fig["limit_chunk"] <= 8
+    # timings: finite and positive; each ratio is the quotient of the reported times
+    assert _finite_positive(fig["fedsim_s"], fig["limit_s"], fig["limit_chunked_s"])
+    assert _ratio_of_rounded(fig["ratio_fedsim_over_limit"], fig["fedsim_s"], fig["limit_s"],
+                             4, 3)
+    assert _ratio_of_rounded(fig["ratio_fedsim_over_limit_chunked"], fig["fedsim_s"],
+                             fig["limit_chunked_s"], 4, 3)
+    # the breakdown names every part; the parts are non-negative and none exceeds the total
+    parts = fig["breakdown_s"]
+    assert set(parts) == {
+        "setup: model", "setup: population (data to tensors)", "setup: clock",
+        "setup: other (runner, writer, algorithm)", "round: clock", "round: training",
+        "training: index checks", "training: shuffles", "training: local SGD",
+        "round: aggregation + server step", "round: evaluation", "round: file writing",
+        "round: other (sampling, bookkeeping)", "finish: summary, files", "total"}
+    assert _finite_positive(parts["total"], parts["round: training"])
+    assert all(math.isfinite(v) and 0 <= v <= parts["total"] for v in parts.values())
+    # the parts of training (medians of nested timers) each within training
+    for key in ("training: index checks", "training: shuffles", "training: local SGD"):
+        assert parts[key] <= parts["round: training"]
 
 
 def test_scale_bench_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "scale", "--population", "40", "--cohort", "10",
-                 "--samples-per-client", "20"]) == 0
+                 "--samples-per-client", "20", "--rounds", "2"]) == 0
     fig = _last_json(capsys)
-    for key in ("bench", "population", "cohort", "round_s", "setup_s", "peak_rss_mb"):
-        assert key in fig
-    assert (fig["bench"], fig["population"], fig["cohort"]) == ("scale", 40, 10)
-    assert fig["round_s"] > 0 and fig["setup_s"] >= 0 and fig["peak_rss_mb"] > 0
+    assert fig["bench"] == "scale"
+    assert (fig["population"], fig["cohort"], fig["samples_per_client"], fig["rounds"]) == (
+        40, 10, 20, 2)
+    # timings: finite and positive; the derived figures follow from them
+    assert _finite_positive(fig["round_s"], fig["total_run_s"], fig["warm_up_s"],
+                            fig["clients_per_s"])
+    assert fig["setup_s"] >= 0 and fig["data_build_s"] >= 0  # (rounded to 1 ms)
+    assert _ratio_of_rounded(fig["clients_per_s"], 10, fig["round_s"], 3, 1)
+    assert fig["setup_s"] + fig["round_s"] <= fig["total_run_s"] + 2e-3
+    # per-round parts: training contains its sub-parts, and all round parts fit in the run
+    parts = fig["round_parts_s"]
+    assert {"round: clock", "round: training", "training: local SGD",
+            "round: aggregation + server step", "round: evaluation"} <= set(parts)
+    assert all(math.isfinite(v) and v >= 0 for v in parts.values())
+    subs = [v for k, v in parts.items() if k.startswith("training:")]
+    assert sum(subs) <= parts["round: training"] + 1e-4 * len(subs)
+    rounds = sum(v for k, v in parts.items() if k.startswith("round:"))
+    assert fig["rounds"] * rounds <= fig["total_run_s"] + 1e-3
+    # memory: the whole process's peak is at least what was sampled during the run
+    assert 0 < fig["rss_before_run_mb"] <= fig["peak_rss_during_run_mb"] + 1
+    assert fig["peak_rss_during_run_mb"] <= fig["peak_rss_mb"] + 1
+    assert 0 <= fig["final_accuracy"] <= 1
 
 
 def test_limit_program_matches_fedsim_with_two_epochs_and_partial_batches() -> None:
