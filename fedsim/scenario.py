@@ -17,10 +17,21 @@ from typing import Any
 
 from fedsim.config import Scenario
 from fedsim.errors import ScenarioError
+from fedsim.limits import (
+    FLOAT32_MAX,
+    MAX_SIGMA,
+    check_bandwidth,
+    check_int64,
+    check_number,
+    check_rate,
+    check_seconds,
+    check_tensor_table,
+    check_tensor_value,
+)
 from fedsim.network.async_gossip_clock import STEP_TIMES
-from fedsim.network.availability import AVAILABILITY_MODELS
+from fedsim.network.availability import AVAILABILITY_MODELS, make_availability_model
 from fedsim.network.clock import POLICIES
-from fedsim.network.compute import COMPUTE_MODELS
+from fedsim.network.compute import COMPUTE_MODELS, make_compute_model
 
 DEVICES = ("cpu", "cuda", "auto")
 DECENTRALIZED_ALGORITHMS = ("dsgd", "gossip_sgd", "accelerated_gossip_sgd")
@@ -47,14 +58,22 @@ def load_scenario(
         The frozen ``Scenario``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ScenarioError("", f"scenario file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ScenarioError("", f"{path}: not valid TOML: {err}") from None
+        if not path.is_file():
+            raise ScenarioError("", f"scenario file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ScenarioError("", f"cannot read scenario file {path}: "
+                                f"{err.strerror or err}") from None
     except UnicodeDecodeError:
         raise ScenarioError("", f"{path}: not a UTF-8 text file") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError("", f"{path}: not valid TOML: {err}") from None
+    except ValueError:  # an integer of more than 4300 digits
+        raise ScenarioError("", f"{path}: not valid TOML: a number too long to read "
+                                "(TOML integers are 64-bit)") from None
     raw = apply_overrides(raw, overrides)
     scenario = from_dict(raw)
     if validate:
@@ -68,15 +87,22 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ScenarioError("", f"--set expects key.sub=value, got {text!r}")
-    return key, parse_value(value.strip())
+    return key, parse_value(value.strip(), key)
 
 
-def parse_value(text: str) -> Any:
-    """A TOML value (number, bool, list, quoted string, inline table) or a bare string."""
+def parse_value(text: str, key: str = "") -> Any:
+    """A TOML value (number, bool, list, quoted string, inline table) or a bare string.
+
+    Raises:
+        ScenarioError: (naming ``key``) a number too long to read (over 4300 digits).
+    """
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except ValueError:  # Python's limit on int() of long digit strings
+        raise ScenarioError(key, "a number too long to read (TOML integers are 64-bit: "
+                                 "-2^63 .. 2^63-1)") from None
 
 
 def apply_overrides(raw: dict, overrides: Iterable[str | tuple[str, Any]]) -> dict:
@@ -155,6 +181,7 @@ def to_dict(obj: Any) -> Any:
 def _convert(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return from_dict(value, hint, key + ".")
+    check_int64(value, key)
     origin = typing.get_origin(hint)
     if hint is bool:
         if not isinstance(value, bool):
@@ -231,14 +258,14 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
             f"cohort of {sc.clients_per_round} is larger than the population "
             f"(data.num_clients = {d.num_clients}); allowed: 1..{d.num_clients}",
         )
-    _positive(d.alpha, "data.alpha")
+    check_number(d.alpha, "data.alpha", 0.0, FLOAT32_MAX, low_open=True)
     _at_least(d.shards_per_client, 1, "data.shards_per_client")
     _open_interval(d.test_fraction, 0.0, 1.0, "data.test_fraction")
     _at_least(d.synthetic_dim, 1, "data.synthetic_dim")
     _at_least(d.synthetic_classes, 2, "data.synthetic_classes")
     _at_least(d.synthetic_mean_samples, 10, "data.synthetic_mean_samples")
-    _non_negative(d.synthetic_alpha, "data.synthetic_alpha")
-    _non_negative(d.synthetic_beta, "data.synthetic_beta")
+    check_tensor_value(d.synthetic_alpha, "data.synthetic_alpha", 0.0)
+    check_tensor_value(d.synthetic_beta, "data.synthetic_beta", 0.0)
     if d.dataset in ("mnist", "cifar10"):
         if not d.path:
             raise ScenarioError("data.path", f"required for dataset '{d.dataset}' "
@@ -250,15 +277,15 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
         _at_least(width, 1, f"model.hidden[{i}]")
     a = sc.algorithm
     _one_of(a.name, ALGORITHMS, "algorithm.name")
-    _positive(a.lr, "algorithm.lr")
+    check_tensor_value(a.lr, "algorithm.lr", 0.0, low_open=True)
     _at_least(a.local_epochs, 1, "algorithm.local_epochs")
     _at_least(a.batch_size, 1, "algorithm.batch_size")
-    _non_negative(a.mu, "algorithm.mu")
+    check_tensor_value(a.mu, "algorithm.mu", 0.0)
     if a.name == "fedprox" and a.mu <= 0:
         raise ScenarioError("algorithm.mu", "fedprox needs mu > 0 (mu = 0 is fedavg)")
-    _positive(a.server_lr, "algorithm.server_lr")
-    _positive(a.gossip_rate, "algorithm.gossip_rate")
-    _positive(a.eval_interval_s, "algorithm.eval_interval_s")
+    check_tensor_value(a.server_lr, "algorithm.server_lr", 0.0, low_open=True)
+    check_rate(a.gossip_rate, "algorithm.gossip_rate")
+    check_seconds(a.eval_interval_s, "algorithm.eval_interval_s", positive=True)
     _one_of(a.step_times, STEP_TIMES, "algorithm.step_times")
     _validate_network(sc, base_dir)
     if a.name in DECENTRALIZED_ALGORITHMS:
@@ -273,29 +300,50 @@ def _validate_network(sc: Scenario, base_dir: Path) -> None:
     if n.topology != "star":
         from fedsim.network.topology import resolve_topology
 
-        resolve_topology(n.topology, n.topology_params, seed=sc.seed,
-                         search_dirs=topology_dirs(base_dir))
-    _positive(n.bandwidth_bps, "network.bandwidth_bps")
-    _non_negative(n.latency_s, "network.latency_s")
-    _non_negative(n.server_bandwidth_bps, "network.server_bandwidth_bps")
+        graph = resolve_topology(n.topology, n.topology_params, seed=sc.seed,
+                                 search_dirs=topology_dirs(base_dir))
+        _validate_links(graph)
+        if sc.algorithm.name not in DECENTRALIZED_ALGORITHMS and not (
+                n.server_node == -1 or n.server_node in graph):
+            raise ScenarioError("network.server_node", f"must be -1 or a node of the graph "
+                                f"(0..{graph.number_of_nodes() - 1}), got {n.server_node}")
+    check_bandwidth(n.bandwidth_bps, "network.bandwidth_bps")
+    check_seconds(n.latency_s, "network.latency_s")
+    check_bandwidth(n.server_bandwidth_bps, "network.server_bandwidth_bps", zero_ok=True)
     _one_of(n.policy, POLICIES, "network.policy")
-    if n.over_selection < 1.0 or not math.isfinite(n.over_selection):
-        raise ScenarioError("network.over_selection",
-                            f"must be a finite number >= 1, got {n.over_selection}")
-    _positive(n.deadline_s, "network.deadline_s")
+    check_number(n.over_selection, "network.over_selection", 1.0, max(1, sc.data.num_clients),
+                 what="at most data.num_clients: the cohort comes from the population")
+    check_seconds(n.deadline_s, "network.deadline_s", positive=True)
     c = n.compute
     _one_of(c.model, COMPUTE_MODELS, "network.compute.model")
-    _non_negative(c.seconds_per_sample, "network.compute.seconds_per_sample")
-    _non_negative(c.sigma, "network.compute.sigma")
-    _positive(c.rate, "network.compute.rate")
-    if c.model == "trace":
-        _existing(c.trace, base_dir, "network.compute.trace")
+    check_seconds(c.seconds_per_sample, "network.compute.seconds_per_sample")
+    check_number(c.sigma, "network.compute.sigma", 0.0, MAX_SIGMA,
+                 what="the mean compute factor exp(sigma^2/2) stays <= 1e15 s")
+    check_rate(c.rate, "network.compute.rate")
     v = n.availability
     _one_of(v.model, AVAILABILITY_MODELS, "network.availability.model")
-    if not 0.0 <= v.dropout <= 1.0:
-        raise ScenarioError("network.availability.dropout", f"must be in [0, 1], got {v.dropout}")
-    if v.model == "trace":
-        _existing(v.trace, base_dir, "network.availability.trace")
+    check_number(v.dropout, "network.availability.dropout", 0.0, 1.0)
+    # the models the clock builds, traces read and checked row by row
+    make_compute_model(c, sc.data.num_clients, base_dir)
+    make_availability_model(v, sc.data.num_clients, base_dir)
+
+
+def _validate_links(graph: Any) -> None:
+    """A topology file's own link attributes obey the same bounds as the defaults."""
+    for u, v, data in graph.edges(data=True):
+        for name in ("latency_s", "bandwidth_bps"):
+            if data.get(name) is None:
+                continue
+            raw = data[name]
+            try:
+                value = float(raw) if isinstance(raw, str) else raw
+            except ValueError:
+                value = raw
+            key = f"network.topology (edge ({u}, {v}) {name})"
+            if name == "latency_s":
+                check_seconds(value, key)
+            else:
+                check_bandwidth(value, key)
 
 
 def _validate_decentralized(sc: Scenario, base_dir: Path) -> None:
@@ -318,8 +366,13 @@ def _validate_decentralized(sc: Scenario, base_dir: Path) -> None:
 
 
 def _validate_aggregator(spec: dict) -> None:
-    from fedsim.stages.registry import build_aggregator
+    from fedsim.stages.registry import AGGREGATORS, build_aggregator
 
+    name = spec.get("name", "mean")
+    if not isinstance(name, str):
+        raise ScenarioError("algorithm.aggregator.name", f"must be a string, got {_show(name)}; "
+                            f"allowed: {', '.join(AGGREGATORS)}")
+    check_tensor_table({k: v for k, v in spec.items() if k != "name"}, "algorithm.aggregator")
     build_aggregator(spec)
 
 
@@ -333,6 +386,7 @@ def _validate_attack(sc: Scenario) -> None:
     if attack.name != "none" and attack.fraction == 0.0:
         raise ScenarioError("attack.fraction", f"must be > 0 for attack {attack.name!r} "
                             "(the share of Byzantine clients); allowed: (0, 0.5)")
+    check_tensor_table(attack.params, "attack.params")
     if attack.name in UPDATE_ATTACKS:
         build_update_attack(attack.name, attack.params)
     elif attack.params:  # data attacks check their values against the data at run time
@@ -379,7 +433,11 @@ def topology_dirs(base_dir: Path) -> list[Path]:
 
 def resolve_path(value: str, base_dir: Path) -> Path:
     """``value`` as a path: absolute as is, else relative to the scenario's folder."""
-    path = Path(value).expanduser()
+    path = Path(value)
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # "~user" of no such user: kept as written, then not found
+        pass
     return path if path.is_absolute() else base_dir / path
 
 
@@ -387,7 +445,10 @@ def _existing(value: str, base_dir: Path, key: str, want_dir: bool = False) -> N
     if not value:
         raise ScenarioError(key, "required (a path to an existing file)")
     path = resolve_path(value, base_dir)
-    ok = path.is_dir() if want_dir else path.is_file()
+    try:
+        ok = path.is_dir() if want_dir else path.is_file()
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte
+        raise ScenarioError(key, f"not a usable path ({err}): {path}") from None
     if not ok:
         kind = "folder" if want_dir else "file"
         raise ScenarioError(key, f"{kind} not found: {path}")
@@ -408,16 +469,6 @@ def _one_of(value: str, allowed: Iterable[str], key: str) -> None:
 def _at_least(value: int, low: int, key: str) -> None:
     if value < low:
         raise ScenarioError(key, f"must be >= {low}, got {value}")
-
-
-def _positive(value: float, key: str) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ScenarioError(key, f"must be a finite number > 0, got {value}")
-
-
-def _non_negative(value: float, key: str) -> None:
-    if not (value >= 0 and math.isfinite(value)):
-        raise ScenarioError(key, f"must be a finite number >= 0, got {value}")
 
 
 def _open_interval(value: float, low: float, high: float, key: str) -> None:

@@ -94,7 +94,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse(tmp_path):
         ("colour = 1\n", (), "colour", "unknown key"),
         ("[network]\nbandwith_bps = 1e6\n", (), "network.bandwith_bps", "allowed here"),
         ('rounds = "ten"\n', (), "rounds", "integer"),
-        ("[network]\nbandwidth_bps = -5.0\n", (), "network.bandwidth_bps", "> 0"),
+        ("[network]\nbandwidth_bps = -5.0\n", (), "network.bandwidth_bps", ">= 1 (bit/s)"),
         ('[network]\ntopology = "moebius"\n', (), "network.topology", "ring"),
         ('[network.compute]\nmodel = "trace"\ntrace = "nope.csv"\n', (),
          "network.compute.trace", "not found"),
@@ -137,10 +137,18 @@ def test_resolved_scenario_round_trips_through_dicts():
 
 
 def test_trace_paths_are_relative_to_the_scenario_file(tmp_path):
-    (tmp_path / "speeds.csv").write_text("client,seconds_per_sample\n0,0.1\n")
+    rows = "".join(f"{c},0.1\n" for c in range(50))
+    (tmp_path / "speeds.csv").write_text("client,seconds_per_sample\n" + rows)
     text = '[network.compute]\nmodel = "trace"\ntrace = "speeds.csv"\n'
     sc = load_scenario(write(tmp_path, text))
     assert sc.network.compute.trace == "speeds.csv"
+
+
+def test_validate_reads_the_traces_as_the_run_does(tmp_path):
+    """A trace missing clients is refused by validation, not first by the run's clock."""
+    (tmp_path / "speeds.csv").write_text("client,seconds_per_sample\n0,0.1\n")
+    err = error_of(tmp_path, '[network.compute]\nmodel = "trace"\ntrace = "speeds.csv"\n')
+    assert err.key == "network.compute.trace" and "no row for client 1" in err.message
 
 
 # ---------------------------------------------------------------- fuzzing

@@ -64,6 +64,7 @@ import simpy
 
 from fedsim.config import NetworkConfig
 from fedsim.errors import ScenarioError
+from fedsim.limits import check_bandwidth, check_seconds
 from fedsim.network.availability import AvailabilityModel, make_availability_model
 from fedsim.network.compute import ComputeModel, make_compute_model
 from fedsim.network.links import LinkNetwork, Path, Transfer
@@ -508,23 +509,13 @@ def _check_config(cfg: NetworkConfig) -> None:
     if cfg.policy not in POLICIES:
         raise ScenarioError("network.policy", f"must be one of {', '.join(POLICIES)}; "
                                               f"got {cfg.policy!r}")
-    _positive("network.bandwidth_bps", cfg.bandwidth_bps)
-    _nonnegative("network.latency_s", cfg.latency_s)
-    _nonnegative("network.server_bandwidth_bps", cfg.server_bandwidth_bps)
+    # the bounds of fedsim.limits, as the scenario's validation applies them
+    check_bandwidth(cfg.bandwidth_bps, "network.bandwidth_bps")
+    check_seconds(cfg.latency_s, "network.latency_s")
+    check_bandwidth(cfg.server_bandwidth_bps, "network.server_bandwidth_bps", zero_ok=True)
     if cfg.policy == "deadline":
-        _positive("network.deadline_s", cfg.deadline_s)
+        check_seconds(cfg.deadline_s, "network.deadline_s", positive=True)
     if cfg.policy == "first_k" and not (math.isfinite(cfg.over_selection)
                                         and cfg.over_selection >= 1):
         raise ScenarioError("network.over_selection", f"must be >= 1, got {cfg.over_selection}")
 
-
-def _positive(key: str, value: float) -> None:
-    """Raise unless ``value`` is finite and > 0."""
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ScenarioError(key, f"must be a finite number > 0, got {value!r}")
-
-
-def _nonnegative(key: str, value: float) -> None:
-    """Raise unless ``value`` is finite and >= 0."""
-    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-        raise ScenarioError(key, f"must be a finite number >= 0, got {value!r}")

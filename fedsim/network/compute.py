@@ -27,6 +27,7 @@ import numpy as np
 
 from fedsim.config import ComputeConfig
 from fedsim.errors import ScenarioError
+from fedsim.limits import MAX_SIGMA, MAX_SIM_S, check_number, check_rate, check_seconds
 
 COMPUTE_MODELS = ("constant", "lognormal", "shifted_exponential", "trace")
 _KEY = "network.compute"
@@ -48,10 +49,18 @@ def resolve_trace_path(key: str, path: str, base_dir: Path | None) -> Path:
     """
     if not path:
         raise ScenarioError(key, "the 'trace' model needs a CSV file path, got ''")
-    resolved = Path(path).expanduser()
+    resolved = Path(path)
+    try:
+        resolved = resolved.expanduser()
+    except RuntimeError:  # "~user" of no such user: kept as written, then not found
+        pass
     if not resolved.is_absolute() and base_dir is not None:
         resolved = Path(base_dir) / resolved
-    if not resolved.is_file():
+    try:
+        found = resolved.is_file()
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte
+        raise ScenarioError(key, f"not a usable path ({err}): {resolved}") from None
+    if not found:
         raise ScenarioError(key, f"trace file not found: {resolved}")
     return resolved
 
@@ -222,9 +231,9 @@ def load_compute_trace(path: Path, num_clients: int) -> np.ndarray:
     speeds = np.full(num_clients, np.nan)
     seen: dict[int, int] = {}
     for lineno, (client, sps) in read_trace(key, path, ("client", "seconds_per_sample")):
-        if not (math.isfinite(sps) and sps >= 0):
+        if not (math.isfinite(sps) and 0 <= sps <= MAX_SIM_S):
             raise ScenarioError(key, f"{path} line {lineno}: seconds_per_sample must be "
-                                     f"finite and >= 0, got {sps}")
+                                     f"a finite number in [0, {MAX_SIM_S:g}], got {sps}")
         if client in seen:
             raise ScenarioError(key, f"{path} line {lineno}: client {client} already has a "
                                      f"row (line {seen[client]})")
@@ -255,18 +264,16 @@ def make_compute_model(cfg: ComputeConfig, num_clients: int, base_dir: Path | No
         ScenarioError: an unknown model, a parameter out of range, or a bad trace file.
     """
     sps = float(cfg.seconds_per_sample)
-    if cfg.model != "trace" and not (math.isfinite(sps) and sps >= 0):
-        raise ScenarioError(f"{_KEY}.seconds_per_sample", f"must be finite and >= 0, got {sps}")
+    if cfg.model != "trace":
+        check_seconds(sps, f"{_KEY}.seconds_per_sample")
     if cfg.model == "constant":
         return ConstantCompute(sps)
     if cfg.model == "lognormal":
-        if not (math.isfinite(cfg.sigma) and cfg.sigma >= 0):
-            raise ScenarioError(f"{_KEY}.sigma", f"must be finite and >= 0, got {cfg.sigma}")
-        return LognormalCompute(sps, float(cfg.sigma))
+        sigma = check_number(cfg.sigma, f"{_KEY}.sigma", 0.0, MAX_SIGMA,
+                             what="the mean compute factor exp(sigma^2/2) stays <= 1e15 s")
+        return LognormalCompute(sps, sigma)
     if cfg.model == "shifted_exponential":
-        if not (math.isfinite(cfg.rate) and cfg.rate > 0):
-            raise ScenarioError(f"{_KEY}.rate", f"must be finite and > 0, got {cfg.rate}")
-        return ShiftedExponentialCompute(sps, float(cfg.rate))
+        return ShiftedExponentialCompute(sps, check_rate(cfg.rate, f"{_KEY}.rate"))
     if cfg.model == "trace":
         path = resolve_trace_path(f"{_KEY}.trace", cfg.trace, base_dir)
         return TraceCompute(load_compute_trace(path, num_clients))

@@ -294,7 +294,9 @@ def build_topology(name: str, params: Mapping[str, Any] | None = None, seed: int
             f"{PARAM_KEY}.{missing[0]}", f"{name} needs {', '.join(sorted(required))}"
         )
     if "seed" in inspect.signature(builder).parameters:
-        params["seed"] = seed
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise ScenarioError("seed", f"must be an integer >= 0, got {seed!r}")
+        params["seed"] = int(seed)
     return builder(**params)
 
 
@@ -332,11 +334,19 @@ def _unknown_topology(name: str) -> ScenarioError:
     )
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the name cannot be a path (too long, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _find_file(name: str, search_dirs: Iterable[Path]) -> Path | None:
     for d in search_dirs:
         d = Path(d)
         for candidate in [d / name] + [d / f"{name}{s}" for s in FILE_SUFFIXES]:
-            if candidate.is_file():
+            if _is_file(candidate):
                 return candidate
     return None
 
@@ -364,8 +374,12 @@ def resolve_topology(
     if name in BUILDERS:
         return build_topology(name, params, seed)
     dirs = [Path(d) for d in (default_search_dirs() if search_dirs is None else search_dirs)]
-    path = Path(name).expanduser()
-    found = path if path.is_file() else _find_file(name, dirs)
+    path = Path(name)
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # "~user" of no such user: kept as written, then not found
+        pass
+    found = path if _is_file(path) else _find_file(name, dirs)
     if found is None:
         looks_like_path = path.suffix.lower() in FILE_SUFFIXES or len(path.parts) > 1
         if looks_like_path:
