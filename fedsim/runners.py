@@ -130,8 +130,8 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         for rnd in range(1, sc.rounds + 1):
             t_round = time.perf_counter()
             record, walls = run.round(rnd, cum_bytes=records[-1].cum_bytes if records else 0)
-            records.append(record)
             writer.append(record, wall_time_s=time.perf_counter() - t_round, **walls)
+            records.append(record)  # after its row is written: the summary counts what is kept
             bar.update(rnd, record.sim_time_s, record.test_accuracy)
     finally:
         bar.close()

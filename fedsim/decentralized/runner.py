@@ -94,9 +94,9 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
             last = [time.perf_counter()]
 
             def emit(record: RoundRecord, nodes: dict, walls: dict) -> None:
-                records.append(record)
                 now = time.perf_counter()
                 writer.append(record, wall_time_s=now - last[0], **walls)
+                records.append(record)  # after its row is written: the summary counts it
                 last[0] = now
                 rows.writerow((record.round, repr(record.sim_time_s),
                                *("" if nodes[k] is None else repr(nodes[k])

@@ -208,6 +208,9 @@ class RunWriter:
             self._cut_back(done)
             self.close()
             raise output_error(self.run_dir / name, err) from None
+        except BaseException:  # Ctrl-C / SIGTERM between two files: no half round either
+            self._cut_back(done)
+            raise
 
     def _cut_back(self, sizes: Mapping[str, int]) -> None:
         """Truncate every file to ``sizes`` (the last whole row); errors ignored."""
