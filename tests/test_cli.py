@@ -78,10 +78,30 @@ def test_unknown_variant_is_one_line():
 def test_list_and_topology(tmp_path):
     out = fedsim("list")
     assert out.returncode == 0 and "abilene" in out.stdout and "digits" in out.stdout
+    for kind in ("scenarios", "topologies", "datasets", "models", "algorithms"):
+        assert f"\n{kind}: " in f"\n{out.stdout}"
+    assert "algorithms: fedavg, fedprox, dsgd, gossip_sgd, accelerated_gossip_sgd" in out.stdout
     png = tmp_path / "ring.png"
     out = fedsim("topology", "ring", "--param", "n=8", "--save", str(png))
     assert out.returncode == 0, out.stderr
-    assert "8" in out.stdout and png.stat().st_size > 0
+    assert png.stat().st_size > 0
+    # the report's lines, by hand for the ring of 8 (unit-rate edges): lambda_2 = 2 - 2 cos(pi/4)
+    # = 0.5858; Metropolis weights 1/3 on every edge and node, so W = I - L/3 and its gap is
+    # lambda_2 / 3 = 0.1953; Boyd's guarantee lambda_2 / 2 = 0.2929; the accelerated one
+    # 1 / (2 sqrt(chi_1 chi_2)) with chi_1 = 1 / lambda_2, chi_2 = 7/16: 0.5786. The exact
+    # mean-square rates come from fedsim.network.gossip_moments (tests/test_gossip_moments.py).
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    assert lines[:6] == [
+        "ring: 8 nodes, 8 edges, connected",
+        "diameter 4 hops; degree min 2 / mean 2.00 / max 2",
+        "Metropolis spectral gap 0.1953; algebraic connectivity 0.5858",
+        "latency  total n/a, min n/a, max n/a, longest shortest path n/a",
+        "bandwidth total n/a, min n/a, max n/a",
+        "gossip, one exchange per edge per s: E||x - mean||^2 decays per s at",
+    ]
+    assert lines[6] == ("randomized >= 0.2929, exact 0.5361; accelerated >= 0.5786, exact "
+                        "0.7197; speed-up 1.34x (exact)")
+    assert "edges without latency_s: 8, without bandwidth_bps: 8" in lines[7]
     out = fedsim("topology", "ring", "--param", "n=1")
     assert out.returncode == 2 and "network.topology_params.n" in out.stderr
 
