@@ -93,6 +93,30 @@ def test_dirichlet_small_alpha_skews_labels():
     assert mean_labels_per_client(labels, even) == 10
 
 
+def label_skew(labels: np.ndarray, parts: list[np.ndarray]) -> float:
+    """Mean over clients of the total variation distance between the client's label
+    distribution and the whole data set's (0: every client iid, near 1: one label each)."""
+    classes = labels.max() + 1
+    overall = np.bincount(labels, minlength=classes) / labels.size
+    return float(np.mean([0.5 * np.abs(np.bincount(labels[p], minlength=classes) / p.size
+                                       - overall).sum() for p in parts]))
+
+
+def test_dirichlet_alpha_sets_how_concentrated_client_labels_are():
+    # 10 classes x 200 over 10 clients, 5 seeds. alpha = 100: client k's share of a class is
+    # Beta(100, 900) (mean 0.1, sd 0.0095), so its label distribution stays within a few %
+    # of uniform (TV about 0.5 * 10 * 0.0095 * sqrt(2 / pi) * 1.0 = 0.04). alpha = 0.05:
+    # most of each class goes to one or two clients, so clients hold a few labels (TV 0.7+).
+    labels = np.repeat(np.arange(10), 200)
+    skew = {alpha: [label_skew(labels, dirichlet(labels, 10, alpha, np.random.default_rng(s)))
+                    for s in range(5)]
+            for alpha in (0.05, 1.0, 100.0)}
+    assert all(v > 0.6 for v in skew[0.05])  # measured 0.71-0.78
+    assert all(v < 0.06 for v in skew[100.0])  # measured 0.034-0.042
+    assert np.mean(skew[0.05]) > 15 * np.mean(skew[100.0])
+    assert np.mean(skew[0.05]) > np.mean(skew[1.0]) > np.mean(skew[100.0])
+
+
 def test_dirichlet_impossible_request_names_alpha():
     labels = np.repeat(np.arange(2), 50)  # 2 classes, tiny alpha: most clients stay empty
     with pytest.raises(ScenarioError) as err:
