@@ -195,6 +195,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         extra += f", sweep: {len(plan(sc, Path(args.scenario).parent))} cells"
     print(f"{args.scenario}: ok ({sc.name}: {sc.data.dataset}, {sc.model.name}, "
           f"{sc.algorithm.name}, {sc.rounds} rounds{extra})")
+    from fedsim.resources import report_lines
+
+    print("\n".join(report_lines(expand_variants(sc), Path(args.scenario).parent)))
     return 0
 
 

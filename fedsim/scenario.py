@@ -293,6 +293,10 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
     _validate_aggregator(a.aggregator)
     _validate_attack(sc)
     _validate_variants(sc, base_dir)
+    if not sc.variants:  # a file with variants runs only them; each is checked above
+        from fedsim.resources import check_resources
+
+        check_resources(sc, base_dir)
 
 
 def _validate_network(sc: Scenario, base_dir: Path) -> None:
