@@ -73,14 +73,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "1000 10000 100000)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per side and N; the median is reported (default 3)")
-    parser.add_argument("--server-bps", type=float, default=1e9,
+    from fedsim.bench.common import non_negative_int, positive_float
+
+    parser.add_argument("--server-bps", type=positive_float, default=1e9,
                         help="capacity of the shared server uplink in bit/s (default 1e9)")
-    parser.add_argument("--bytes-up", type=int, default=100_000,
+    parser.add_argument("--bytes-up", type=non_negative_int, default=100_000,
                         help="update size per client in bytes (default 100000)")
-    parser.add_argument("--bytes-down", type=int, default=0,
+    parser.add_argument("--bytes-down", type=non_negative_int, default=0,
                         help="model size per client in bytes, sent over a shared server "
                              "downlink of the same capacity (default 0: latency only)")
-    parser.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="root seed (default 0)")
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,9 @@ def _child_main(argv: list[str]) -> None:
     p.add_argument("--workload", required=True, help="the Workload as JSON")
     p.add_argument("--repeats", type=int, default=1)
     a = p.parse_args(argv)
+    from fedsim.bench.processes import die_with_parent
+
+    die_with_parent()
     w = Workload(**json.loads(a.workload))
     out = _timing_child(w, a.repeats) if a.mode == "timing" else _memory_child(w, a.mode)
     print(json.dumps(out), flush=True)
@@ -321,9 +327,11 @@ def _child_main(argv: list[str]) -> None:
 
 def _in_child(mode: str, w: Workload, repeats: int = 1) -> dict:
     """Run ``_child_main`` in a fresh interpreter and parse its JSON line."""
+    from fedsim.bench.processes import child_env_of_this_process
+
     cmd = [sys.executable, "-m", "fedsim.bench.clock_bench", "--mode", mode,
            "--workload", json.dumps(vars(w)), "--repeats", str(repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env_of_this_process())
     if proc.returncode != 0:
         raise RuntimeError(f"clock bench child ({mode}, {w.clients} clients) failed:\n"
                            f"{proc.stderr.strip()}")
@@ -387,6 +395,11 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
 
     if min(args.clients) < 1 or args.repeats < 1:
         raise FedsimError("fedsim bench clock: --clients values and --repeats must be >= 1")
+    if not (math.isfinite(args.server_bps) and args.server_bps > 0):
+        raise FedsimError(f"fedsim bench clock: --server-bps must be a finite number > 0, "
+                          f"got {args.server_bps}")
+    if min(args.bytes_up, args.bytes_down, args.seed) < 0:
+        raise FedsimError("fedsim bench clock: --bytes-up, --bytes-down and --seed must be >= 0")
     results = []
     print(f"clock bench: one round, all clients selected, shared server uplink "
           f"{args.server_bps:g} bit/s, update {args.bytes_up} B, model {args.bytes_down} B; "

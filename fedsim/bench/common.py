@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import math
 import os
 import resource
 import statistics
@@ -11,6 +13,28 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (a bad value is a one-line usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

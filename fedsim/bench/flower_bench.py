@@ -76,12 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="FedAvg rounds (default 3)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="fedsim runs; the median is reported (default 3)")
-    parser.add_argument("--flower-timeout", type=float, default=900.0, metavar="S",
+    parser.add_argument("--flower-timeout", type=common.positive_float, default=900.0,
+                        metavar="S",
                         help="seconds before the Flower run is stopped (default 900)")
     parser.add_argument("--threads", type=int, default=None, metavar="T",
                         help="torch threads of fedsim's runs (sets FEDSIM_TORCH_THREADS for "
                              "them); default: the runner's choice (FEDSIM_TORCH_THREADS, else 1)")
-    parser.add_argument("--flower-client-cpus", type=float, default=1.0, metavar="CPUS",
+    parser.add_argument("--flower-client-cpus", type=common.positive_float, default=1.0,
+                        metavar="CPUS",
                         help="Ray CPUs per Flower client; Ray gets all cores, so this sets "
                              "how many clients train at once (default 1)")
 

@@ -35,6 +35,11 @@ _CLIENT_CACHE: dict[str, dict[str, Any]] = {}
 def main(work_dir: str) -> None:
     """Entry point of the child: run Flower's simulation and write marks and final model."""
     t0 = time.time()
+    import signal
+
+    from fedsim.bench.processes import die_with_parent
+
+    die_with_parent(signal.SIGINT)  # SIGINT: Flower shuts Ray down; SIGKILL follows if not
     work = Path(work_dir)
     spec = json.loads((work / SPEC).read_text())
     w = Workload(**spec["workload"])

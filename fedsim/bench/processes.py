@@ -1,4 +1,5 @@
-"""Child processes of the benchmarks: environment, stopping by PID, reaping leftovers.
+"""Child processes of the benchmarks: environment, stopping by PID, reaping leftovers,
+and dying with the parent.
 
 Used by ``fedsim bench flower``: Flower's simulation runs in a child process that leads
 its own session; Ray starts servers and workers below it. Everything the child started
@@ -8,16 +9,67 @@ the run's temporary directory in its command line or environment, and stopped.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from fedsim.bench.flower_child import RAY_DIR
 
 _MAX_TEMP_ROOT = 28
+PARENT_PID_ENV = "FEDSIM_BENCH_PARENT_PID"  # the pid a bench child must not outlive
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def child_env_of_this_process(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's environment) naming this process as the parent
+    that a bench child started with it dies with (see :func:`die_with_parent`)."""
+    out = dict(os.environ if env is None else env)
+    out[PARENT_PID_ENV] = str(os.getpid())
+    return out
+
+
+def die_with_parent(sig: int = signal.SIGKILL, grace_s: float = 30.0) -> None:
+    """Make this bench child end when the process that started it ends, however it ends.
+
+    On Linux the kernel sends ``sig`` when the parent exits (``prctl(PR_SET_PDEATHSIG)``);
+    elsewhere, and as a fallback, a daemon thread polls the parent's pid. If the parent was
+    gone already (its pid, from ``FEDSIM_BENCH_PARENT_PID``, is no longer our parent),
+    ``sig`` is sent at once. When ``sig`` lets the child clean up (SIGINT: the Flower child
+    shuts Ray down), the thread kills the child ``grace_s`` seconds later if it still runs.
+
+    Args:
+        sig: the signal to receive when the parent dies.
+        grace_s: seconds between ``sig`` and SIGKILL when ``sig`` is not SIGKILL.
+    """
+    expected = int(os.environ.get(PARENT_PID_ENV, "0") or 0) or os.getppid()
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != expected:  # the parent died before the request took effect
+        os.kill(os.getpid(), sig)
+    if armed and sig == signal.SIGKILL:
+        return
+
+    def watch() -> None:
+        while os.getppid() == expected:
+            time.sleep(0.5)
+        if not armed:
+            os.kill(os.getpid(), sig)
+        if sig != signal.SIGKILL:
+            time.sleep(grace_s)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def temp_root() -> str | None:
@@ -34,7 +86,7 @@ def temp_root() -> str | None:
 
 def child_env(work: Path) -> dict[str, str]:
     """Environment of the Flower child: no telemetry, state and temp files under ``work``."""
-    env = dict(os.environ)
+    env = child_env_of_this_process()
     for key in ("RAY_ADDRESS", "RAY_NAMESPACE"):
         env.pop(key, None)
     env.update(
