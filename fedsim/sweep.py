@@ -146,8 +146,8 @@ def _check_name(name: str, key: str) -> None:
         raise ScenarioError(key, "must be a non-empty name without spaces, control characters "
                                  "or / \\ : * ? \" < > |, not starting with '.'")
     if len(name.encode("utf-8")) > NAME_MAX_BYTES:
-        raise ScenarioError(key, f"name too long ({len(name.encode('utf-8'))} bytes, at most "
-                                 f"{NAME_MAX_BYTES}: it names a folder)")
+        raise ScenarioError(key, f"name too long ({len(name.encode('utf-8'))} bytes; at most "
+                                 f"{NAME_MAX_BYTES} bytes: it names a folder)")
 
 
 def _check_count(n_seeds: int, axes: Mapping) -> None:

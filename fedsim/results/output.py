@@ -40,6 +40,8 @@ class OutputError(FedsimError):
 def output_error(path: Path | str, err: OSError, doing: str = "cannot write") -> OutputError:
     """One line naming ``path`` and the system's reason (``err.strerror``)."""
     reason = err.strerror or str(err) or type(err).__name__
+    if isinstance(err, FileExistsError | NotADirectoryError):
+        reason = "a part of the path is a file, not a folder"
     return OutputError(f"{doing} {path}: {reason}")
 
 
