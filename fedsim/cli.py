@@ -170,7 +170,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     progress = False if args.quiet else (True if args.progress else None)
     with _sigterm_as_interrupt():
         run_file(args.scenario, args.overrides, output_dir=args.out, only=args.variant,
-                 progress=progress, overwrite=args.overwrite)
+                 progress=progress, overwrite=args.overwrite, log=sys.stderr)
     return 0
 
 
@@ -179,7 +179,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     with _sigterm_as_interrupt():
         run_sweep(args.scenario, args.overrides, output_dir=args.out,
-                  progress=False if args.quiet else None, overwrite=args.overwrite)
+                  progress=False if args.quiet else None, overwrite=args.overwrite,
+                  log=sys.stderr)
     return 0
 
 
