@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedsim.errors import ScenarioError
-from fedsim.results.output import prepare_study, write_text
+from fedsim.results.output import prepare_study, system_error, write_text
 from fedsim.runners import RunResult, run_scenario
 from fedsim.scenario import expand_variants, load_scenario
 
@@ -68,7 +68,11 @@ def _run_one(variant, run_dir: Path, base_dir: Path, progress, label: str, log) 
     """One run and its plots; prints its one-line result."""
     from fedsim.results.plots import plot_run
 
-    result = run_scenario(variant, run_dir, base_dir=base_dir, progress=progress, label=label)
+    try:
+        result = run_scenario(variant, run_dir, base_dir=base_dir, progress=progress,
+                              label=label)
+    except OSError as err:  # e.g. a full disk under a file the runner writes itself
+        raise system_error(run_dir, err) from None
     plot_run(run_dir)
     print(_one_line(label, result), file=log)
     return result

@@ -48,6 +48,7 @@ from fedsim.results.output import (
     remove_files,
     run_status,
     save_figure,
+    system_error,
     write_text,
 )
 from fedsim.results.records import read_timing
@@ -283,8 +284,11 @@ def _run_cell(cell: Cell, n: int, total: int, study: Path, output_dir: str, base
         status = "done before"
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     else:
-        summary = run_scenario(cell_sc, run_dir, base_dir=base_dir, progress=progress,
-                               label=f"{n}/{total} {cell.key}").summary
+        try:
+            summary = run_scenario(cell_sc, run_dir, base_dir=base_dir, progress=progress,
+                                   label=f"{n}/{total} {cell.key}").summary
+        except OSError as err:  # e.g. a full disk under a file the runner writes itself
+            raise system_error(run_dir, err) from None
         status = "ran"
     acc = summary.get("final_accuracy")
     print(f"[{n}/{total}] {cell.key}: {status}, final accuracy "

@@ -124,8 +124,9 @@ def test_a_started_run_says_running_until_it_ends(tmp_path):
 
 
 @pytest.mark.parametrize(("exc", "code", "status"), [
-    (KeyboardInterrupt, 130, "interrupted"),
-    (RuntimeError, None, "failed"),
+    (KeyboardInterrupt("stop"), 130, "interrupted"),
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "own.csv"), 2, "failed"),
+    (RuntimeError("a bug"), None, "failed"),
 ])
 def test_an_interrupted_run_keeps_its_rounds_and_says_how_it_ended(work, capsys, monkeypatch,
                                                                     exc, code, status):
@@ -135,15 +136,16 @@ def test_an_interrupted_run_keeps_its_rounds_and_says_how_it_ended(work, capsys,
 
     def stop_at_3(self, rnd, **kw):
         if rnd == 3:
-            raise exc("stop")
+            raise exc
         return real(self, rnd, **kw)
 
     monkeypatch.setattr(FederatedRun, "round", stop_at_3)
     if code is None:
-        with pytest.raises(exc):
+        with pytest.raises(type(exc)):
             main(["run", "tiny.toml", "--out", "out", "--quiet"])
     else:
-        assert cli(capsys, "run", "tiny.toml", "--out", "out", "--quiet")[0] == code
+        code_now, _, err = cli(capsys, "run", "tiny.toml", "--out", "out", "--quiet")
+        assert code_now == code and len(err.splitlines()) == 1, err
     run_dir = work / "out" / "tiny"
     s = summary(run_dir)
     assert s["status"] == status and s["rounds_completed"] == 2
@@ -369,11 +371,17 @@ OUT_FOLDERS = {
 }
 
 
-@pytest.mark.parametrize("case", list(OUT_FOLDERS))
-def test_an_unusable_output_folder_is_one_line(work, capsys, monkeypatch, case):
+@pytest.mark.parametrize(("command", "case"), [
+    (command, case) for command in ("run", "sweep") for case in OUT_FOLDERS
+    if not (command == "sweep" and "variant" in case)  # a sweep has no variants
+])
+def test_an_unusable_output_folder_is_one_line(work, capsys, monkeypatch, command, case):
     out, extra, words = OUT_FOLDERS[case]
     (work / "afile.txt").write_text("mine\n")
     scenario = "tiny.toml"
+    if command == "sweep":
+        scenario = "sweep.toml"
+        (work / scenario).write_text(TINY + "[sweep]\nseeds = [0]\n")
     if "variant" in case:
         scenario = "long.toml"
         (work / scenario).write_text(TINY + f"[variants.{LONG}]\nalgorithm.lr = 0.2\n")
@@ -381,7 +389,7 @@ def test_an_unusable_output_folder_is_one_line(work, capsys, monkeypatch, case):
     before = snapshot(work)
     if case == "read-only":
         read_only(monkeypatch, work / "ro")
-    code, _, err = cli(capsys, "run", scenario, "--out", out, "--quiet", *extra)
+    code, _, err = cli(capsys, command, scenario, "--out", out, "--quiet", *extra)
     assert_one_line_error(code, err, *words)
     assert new_paths(before, work) <= {"out"}  # at most the empty output folder
     assert (work / "afile.txt").read_text() == "mine\n"

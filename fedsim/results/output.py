@@ -45,6 +45,11 @@ def output_error(path: Path | str, err: OSError, doing: str = "cannot write") ->
     return OutputError(f"{doing} {path}: {reason}")
 
 
+def system_error(where: Path, err: OSError) -> OutputError:
+    """A system error escaping a run (a file the runner wrote itself, say) as one line."""
+    return OutputError(f"{err.filename or where}: {err.strerror or err}")
+
+
 def check_name_length(path: Path) -> None:
     """Each component of ``path`` fits a file name (at most 255 bytes).
 
