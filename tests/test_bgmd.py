@@ -47,7 +47,7 @@ def test_one_step_bookkeeping(seed, m, d, k_fraction, selection, memory):
     old = BGMDState(memory=rows(seed + 1, 1, d)[0] if memory else torch.zeros(d))
     u = rows(seed, m, d)
     out, state = agg.aggregate(u, old, make_ctx(w, seed))
-    k = block_size(k_fraction, d)
+    k = min(d, max(1, round(k_fraction * d)))  # the documented rule, restated
     kept = state.kept
     assert kept.shape == (k,) and bool((kept[1:] > kept[:-1]).all())
     assert int((out != 0).sum()) <= k
@@ -144,6 +144,36 @@ def test_block_size():
     assert block_size(0.1, 1000) == 100
     assert block_size(0.001, 10) == 1  # at least one coordinate
     assert block_size(1.0, 7) == 7
+    assert block_size(0.19, 10) == 2  # rounded, not truncated (1.9 -> 2)
+    assert block_size(0.5, 3) == 2  # 1.5 -> 2
+    assert block_size(0.29, 10) == 3
+
+
+def test_kept_columns_golden():
+    """d = 10, k_fraction = 0.19: k = round(1.9) = 2; the two largest columns are 7 and 3."""
+    u = torch.tensor([[0.1, 0.2, 0.0, -4.0, 0.3, 0.0, 0.5, 9.0, 0.1, 1.0],
+                      [0.1, -0.2, 0.0, 4.0, 0.3, 0.0, 0.5, 9.0, -0.1, 1.0],
+                      [0.1, 0.2, 0.0, -4.0, 0.3, 0.0, 0.5, 9.0, 0.1, 1.0]])
+    agg = bgmd(k_fraction=0.19, memory=False)
+    out, state = agg.aggregate(u, agg.init(3, 10), make_ctx(torch.ones(3)))
+    assert state.kept.tolist() == [3, 7]
+    assert out[7].item() == pytest.approx(9.0) and abs(out[3].item()) <= 4.0
+    assert out[[0, 1, 2, 4, 5, 6, 8, 9]].tolist() == [0.0] * 8
+    agg = bgmd(k_fraction=0.29, memory=False)  # k = 3: column 9 joins
+    _, state = agg.aggregate(u, agg.init(3, 10), make_ctx(torch.ones(3)))
+    assert state.kept.tolist() == [3, 7, 9]
+
+
+def test_client_memory_chooses_columns_with_the_memory_added():
+    """Raw rows favour column 0 (norm 1 each); with each client's memory (0, 5) added, the
+    rows are (1, 5) and column 1 is kept: out = (0, 5), memories become (1, 0)."""
+    agg = bgmd(k_fraction=0.5, memory="client")
+    state = BGMDState(memory=torch.tensor([[0.0, 5.0], [0.0, 5.0], [0.0, 0.0]]))
+    rows = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    out, state = agg.aggregate(rows, state, make_ctx(torch.ones(2), senders=[0, 1]))
+    assert state.kept.tolist() == [1]
+    assert out.tolist() == [0.0, 5.0]
+    assert state.memory.tolist() == [[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]
 
 
 @pytest.mark.parametrize(

@@ -181,3 +181,26 @@ def test_bad_parameters_name_the_key(kwargs, key):
     with pytest.raises(ScenarioError) as err:
         geometric_median(**kwargs)
     assert err.value.key == key
+
+
+@pytest.mark.parametrize(("offset", "spread", "dtype"),
+                         [(1e6, 1e-6, torch.float64), (1e3, 1e-3, torch.float32)])
+def test_rows_far_from_the_origin_converge_at_rounding_level(offset, spread, dtype):
+    """ftol * s is below what the dtype resolves at ||v||: the rounding floor ends the loop."""
+    gen = torch.Generator().manual_seed(0)
+    rows = (offset + spread * torch.randn(9, 10, generator=gen, dtype=torch.float64)).to(dtype)
+    v, info = geometric_median_rows(rows)  # defaults: maxiter 100
+    assert info.converged and info.iterations < 20
+    assert float((v.double() - offset).abs().max()) <= 2 * spread + 1e-9 * offset
+
+
+def test_the_start_is_the_coordinate_median_and_far_rows_do_not_move_it():
+    """6 of 9 rows near (1, 2), 3 at 1e30: one update from the start is already honest."""
+    rows = torch.tensor([[1.0, 2.0], [1.1, 2.05], [0.9, 1.95], [1.05, 2.1], [0.95, 1.9],
+                         [1.02, 1.97], [1e30, 0.0], [-1e30, 0.0], [0.0, 1e30]])
+    start = torch.tensor([1.0, 1.97])  # per coordinate the 5th of 9 values, not a row
+    v, info = geometric_median_rows(rows, maxiter=1, ftol=0.0, trace=True)
+    assert info.iterations == 1 and not info.converged  # honest flag: maxiter ran out
+    assert float((v - torch.tensor([1.0, 2.0])).norm()) <= 0.1
+    g0 = float(torch.linalg.vector_norm(rows.double() - start.double(), dim=1).mean())
+    assert info.objectives[0] == pytest.approx(g0, rel=1e-6)

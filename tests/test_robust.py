@@ -196,6 +196,35 @@ def test_krum_distances_survive_a_large_common_offset():
     torch.testing.assert_close(krum_scores(rows, 0), 1000 * krum_scores(base, 0))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_krum_choice_does_not_depend_on_how_far_the_outliers_are(dtype):
+    """Outliers far from everyone are nobody's near neighbours: the honest scores, and the
+    chosen row, are the same at 1e3 and 1e30 (centring on the mean cancelled them away)."""
+    gen = torch.Generator().manual_seed(4)
+    honest = torch.randn(10, 5, generator=gen, dtype=torch.float64)
+    direction = torch.randn(1, 5, generator=gen, dtype=torch.float64)
+    chosen = []
+    for scale in (1e3, 1e10, 1e20, 1e30):
+        rows = torch.cat([honest, (scale * direction).expand(3, 5)]).to(dtype)
+        out, _ = run(krum(3, m=2), rows)
+        # 13 rows, f = 3: 8 nearest, all honest; honest alone with f = 0: the same 8
+        torch.testing.assert_close(krum_scores(rows, 3)[:10], krum_scores(honest.to(dtype), 0),
+                                   rtol=1e-6, atol=1e-9)
+        chosen.append(out)
+    for out in chosen[1:]:
+        torch.testing.assert_close(out, chosen[0], rtol=1e-6, atol=1e-6)
+
+
+def test_centered_clipping_golden_at_float32_extremes():
+    """Rows at 1e38 (squares overflow float32) pull exactly tau each, like rows at 10."""
+    agg = centered_clipping(1.0)
+    for big in (10.0, 1e20, 1e38):
+        rows = torch.tensor([[big, 0.0], [0.0, big], [0.0, 0.0]])
+        out, state = agg.aggregate(rows, agg.init(3, 2), make_ctx(torch.ones(3)))
+        torch.testing.assert_close(out, torch.tensor([1 / 3, 1 / 3]))
+        assert torch.equal(out, state)
+
+
 # --- centered clipping -----------------------------------------------------------------------
 
 
