@@ -79,14 +79,17 @@ def normalize_weights(weights: Tensor | None, updates: Tensor) -> Tensor:
 
 
 def _distances(updates: Tensor, v: Tensor) -> Tensor:
-    """``||w_i - v||`` for every row, float64 ``[m]``, free of overflow (``row_norms``).
+    """``||w_i - v||`` for every row, float64 ``[m]``, free of overflow and underflow.
 
-    A difference that overflows the dtype (rows near its largest value) is redone in float64.
+    Fast path: ``cdist`` without the Gram-matrix shortcut (no cancellation, no ``[m, d]``
+    temporary). Rows where it overflowed (squares beyond the dtype) or may have underflowed
+    are redone in float64 with ``row_norms``' scaling.
     """
-    dist = row_norms(updates - v)  # [m]
-    big = ~torch.isfinite(dist)
-    if bool(big.any()):
-        idx = big.nonzero()[:, 0]
+    dist = torch.cdist(updates, v[None], compute_mode="donot_use_mm_for_euclid_dist")[:, 0]
+    dist = dist.double()
+    redo = ~torch.isfinite(dist) | (dist < torch.finfo(updates.dtype).tiny ** 0.5)
+    if bool(redo.any()):
+        idx = redo.nonzero()[:, 0]
         dist[idx] = row_norms(updates.index_select(0, idx).double() - v.double())
     return dist
 

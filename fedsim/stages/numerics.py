@@ -34,7 +34,7 @@ def row_norms(x: Tensor) -> Tensor:
         idx = redo.nonzero()[:, 0]
         r = x.index_select(0, idx).double()  # [b, d]
         ok = torch.isfinite(r).all(dim=1)
-        a = r.abs().amax(dim=1, keepdim=True) if r.shape[1] else torch.zeros(len(idx), 1)
+        a = r.abs().amax(dim=1, keepdim=True) if r.shape[1] else r.new_zeros(len(idx), 1)
         a = torch.where((a > 0) & ok[:, None], a, torch.ones_like(a))
         scaled = torch.linalg.vector_norm(r / a, dim=1) * a[:, 0]
         norms[idx] = torch.where(ok, scaled, norms[idx].to(scaled))
