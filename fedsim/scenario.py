@@ -248,6 +248,10 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
     _at_least(sc.clients_per_round, 1, "clients_per_round")
     _at_least(sc.eval_every, 1, "eval_every")
     _one_of(sc.device, DEVICES, "device")
+    if sc.device == "cuda":  # the run's own check: is there a GPU here?
+        from fedsim.runners import resolve_device
+
+        resolve_device(sc.device)
     d = sc.data
     _one_of(d.dataset, DATASETS, "data.dataset")
     _one_of(d.partition, PARTITIONS, "data.partition")
@@ -297,6 +301,30 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
         from fedsim.resources import check_resources
 
         check_resources(sc, base_dir)
+        _validate_data(sc, base_dir)
+
+
+def _validate_data(sc: Scenario, base_dir: Path) -> None:
+    """The run's first step, done here: load and split the data (poisoned for a data
+    attack), so that what depends on the data (a split that leaves a client or the test
+    set empty, a malformed file, a backdoor target that is no class) fails here as it
+    would in the run. Runs after the resource check, so nothing too large is loaded."""
+    from fedsim.data import load_federated
+    from fedsim.data.poison import DATA_ATTACKS
+
+    data = load_federated(sc.data, sc.seed, base_dir)
+    if len(data.y_test) == 0:
+        raise ScenarioError("data.test_fraction", f"holds out no test sample of "
+                            f"{sc.data.dataset} ({sc.data.test_fraction}); the run evaluates "
+                            "on the test set: allowed: a larger share")
+    if sc.attack.name in DATA_ATTACKS:
+        from fedsim.byzantine import choose_byzantine
+        from fedsim.data.poison import apply_data_attack
+        from fedsim.seeding import numpy_rng
+
+        mask = choose_byzantine(sc.data.num_clients, sc.attack.fraction, sc.seed)
+        apply_data_attack(sc.attack.name, data, mask, sc.attack.params,
+                          numpy_rng(sc.seed, "attack/data"))
 
 
 def _validate_network(sc: Scenario, base_dir: Path) -> None:
