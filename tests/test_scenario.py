@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fedsim.config import Scenario
@@ -320,10 +320,21 @@ def _place(target: str, key: str, value) -> tuple[str, object]:
     return key, value
 
 
-@settings(max_examples=int(os.environ.get("FEDSIM_AGREE_EXAMPLES", "40")), deadline=None,
+@settings(max_examples=int(os.environ.get("FEDSIM_AGREE_EXAMPLES", "150")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(sorted(SHRUNK)),
        st.lists(mutations(), min_size=1, max_size=2))
+# disagreements found before (validate said ok, the run failed), always tried
+@example("quickstart", [("base", "data.test_fraction", 0.001953125)])
+@example("quickstart", [("variant", "algorithm.lr", 3.5e38)])
+@example("quickstart", [("sweep", "algorithm.aggregator", {"name": []})])
+@example("quickstart", [("base", "network.policy", "first_k"),
+                        ("base", "network.over_selection", 1e308)])
+@example("gossip_ring", [("base", "network.compute.seconds_per_sample", 1e308)])
+@example("gossip_ring", [("base", "algorithm.name", "gossip_sgd"),
+                         ("base", "network.compute.sigma", 40.0)])
+@example("robust_bgmd", [("base", "attack.name", "backdoor"), ("base", "attack.fraction", 0.3)])
+@example("quickstart", [("base", "device", "cuda")])
 def test_what_validate_accepts_runs(tmp_path, name, mutations):
     """If ``fedsim validate`` says ok, every variant (or sweep cell) builds and plays its
     first round without any exception: validate rejects all that run would reject."""
