@@ -62,7 +62,7 @@ def build_aggregator(spec: Mapping[str, Any]) -> Aggregator:
     """
     params = dict(spec)
     name = params.pop("name", "mean")
-    if name not in AGGREGATORS:
+    if not isinstance(name, str) or name not in AGGREGATORS:  # a list is unhashable
         raise ScenarioError("algorithm.aggregator.name",
                             f"unknown aggregator {name!r}; allowed: {', '.join(AGGREGATORS)}")
     return call_with_params(AGGREGATORS[name], params, "algorithm.aggregator",
