@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -260,13 +259,12 @@ class FederatedRun:
         return float((res.losses * w).sum() / w.sum()), agg_wall
 
     def _check_finite(self, rnd: int) -> None:
-        import torch
+        from fedsim.divergence import check_finite
 
-        if self.diverged_round is None and not bool(torch.isfinite(self.params).all()):
-            self.diverged_round = rnd
-            warnings.warn(f"{self.sc.name}: the global model has non-finite values at round "
-                          f"{rnd} (diverged; try a smaller algorithm.lr or a robust "
-                          "aggregator)", stacklevel=3)
+        self.diverged_round = check_finite(
+            self.params, rnd, self.diverged_round,
+            f"{self.sc.name}: the global model has non-finite values at round {rnd} "
+            "(diverged; try a smaller algorithm.lr or a robust aggregator)")
 
     def summary(self) -> dict:
         """Run facts for summary.json beyond the metrics."""

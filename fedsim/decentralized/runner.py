@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import csv
 import time
-import warnings
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,6 +52,7 @@ from fedsim.decentralized.dsgd import (
     mean_consensus_distance,
     plan_async,
 )
+from fedsim.divergence import check_finite, warn
 from fedsim.errors import ScenarioError
 from fedsim.results.progress import Progress
 from fedsim.results.records import RoundRecord, RunWriter, summarize
@@ -156,6 +157,7 @@ class DecentralizedRun:
         self.x = self.pop.flat_params().to(self.device).expand(n, -1).clone()  # [n, d]
         self.gen = torch_generator(sc.seed, "training", self.device)
         self.facts: dict = {}
+        self.diverged_round: int | None = None
 
     def play(self, emit) -> None:
         """Run; ``emit(record, node facts, wall times)`` for every metrics row."""
@@ -226,10 +228,9 @@ class DecentralizedRun:
                       "batches": sum(len(s) for s in plan.segments)}
         edges = self.graph.number_of_edges()  # about one exchange per edge may be in flight
         if sched.unfinished > max(edges, 0.05 * (self.facts["exchanges"] + sched.unfinished)):
-            warnings.warn(f"{sc.name}: {sched.unfinished} exchanges were still queued at the "
-                          f"end (mean wait {self.facts['exchange_wait_mean_s']:.3g} s): the "
-                          "links cannot keep up; lower algorithm.gossip_rate or raise "
-                          "network.bandwidth_bps", stacklevel=2)
+            warn(f"{sc.name}: {sched.unfinished} exchanges were still queued at the end (mean "
+                 f"wait {self.facts['exchange_wait_mean_s']:.3g} s): the links cannot keep up; "
+                 "lower algorithm.gossip_rate or raise network.bandwidth_bps")
         if eta is not None:
             self.facts.update(eta=eta, alpha_tilde=alpha)
         loss_sum, loss_count = [0.0], [0]
@@ -265,6 +266,10 @@ class DecentralizedRun:
         """The metrics row and the node facts; evaluates the models on eval rounds."""
         sc = self.sc
         t0 = time.perf_counter()
+        self.diverged_round = check_finite(
+            self.x, rnd, self.diverged_round,
+            f"{sc.name}: the node models have non-finite values at round {rnd} (diverged; "
+            "try a smaller algorithm.lr)")
         test_loss = test_acc = None
         nodes = {"consensus_distance": mean_consensus_distance(self.x),
                  "node_accuracy_mean": None, "node_accuracy_min": None}
@@ -299,7 +304,8 @@ class DecentralizedRun:
         """Run facts for summary.json beyond the metrics."""
         return {"name": self.sc.name, "algorithm": self.sc.algorithm.name,
                 "device": self.device, "num_params": self.d, "num_nodes": self.n,
-                "num_edges": self.graph.number_of_edges(), **self.facts}
+                "num_edges": self.graph.number_of_edges(), "diverged_round": self.diverged_round,
+                **self.facts}
 
 
 # --------------------------------------------------------------------------- population
@@ -325,6 +331,27 @@ def train_rows(pop, starts: Tensor, indices: list[Tensor], *, lr: float, epochs:
         ``(rows [m, d] after local SGD, losses [m])``.
     """
     shared = bool((starts == starts[:1]).all())
-    res = pop.train(starts[0] if shared else starts, indices, lr=lr, epochs=epochs,
-                    batch_size=batch_size, gen=gen)
+    with _one_thread_for_one_client(len(indices), starts.device):
+        res = pop.train(starts[0] if shared else starts, indices, lr=lr, epochs=epochs,
+                        batch_size=batch_size, gen=gen)
     return starts + res.updates, res.losses
+
+
+@contextmanager
+def _one_thread_for_one_client(m: int, device: torch.device):
+    """A lone client trains on one CPU thread, so results do not depend on the thread count.
+
+    A batch of one client's products is a single matrix product, which MKL splits across
+    threads (changing its summation order) when ``FEDSIM_TORCH_THREADS > 1``; batches of
+    two or more are split by client, each product on one thread. The asynchronous
+    runners train one node at a time whenever an event batch holds a single step.
+    """
+    threads = torch.get_num_threads()
+    if m != 1 or threads == 1 or device.type != "cpu":
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
