@@ -122,6 +122,11 @@ def bgmd(
     A Byzantine row's memory only ever enters its own row, so the block GM keeps its
     breakdown point of 1/2; a client's memory waits while it is not selected.
 
+    Any scale: the block GM is ``geometric_median_rows`` (robust start, stopping on the
+    honest scale, overflow-free distances) and column norms are summed in float64. A row
+    whose memory has grown past the dtype (``memory="client"``) is used without it, and
+    a shared-memory entry that overflowed is dropped, so the state stays finite.
+
     Deviations from the paper: the paper scales G by the learning rate before adding the
     memory (G <- gamma G + M); here rows are pseudo-gradients and the server optimizer takes
     the step, so the memory is kept in update units (the same for a constant learning rate,
