@@ -38,6 +38,7 @@ DECENTRALIZED_ALGORITHMS = ("dsgd", "gossip_sgd", "accelerated_gossip_sgd")
 ALGORITHMS = ("fedavg", "fedprox", *DECENTRALIZED_ALGORITHMS)
 # fields whose value is a whole table (kept as one value when variants are flattened)
 TABLE_FIELDS = ("network.topology_params", "algorithm.aggregator", "attack.params")
+MAX_DEPTH = 32  # lists and tables nested deeper are refused (a scenario needs about 6)
 
 
 # ---------------------------------------------------------------- loading
@@ -74,6 +75,13 @@ def load_scenario(
     except ValueError:  # an integer of more than 4300 digits
         raise ScenarioError("", f"{path}: not valid TOML: a number too long to read "
                                 "(TOML integers are 64-bit)") from None
+    except RecursionError:
+        raise ScenarioError("", f"{path}: lists or tables nested too deeply "
+                                f"(at most {MAX_DEPTH} levels)") from None
+    try:
+        _check_depth(raw, "")
+    except ScenarioError as err:
+        raise ScenarioError("", f"{path}: {err.message}") from None
     raw = apply_overrides(raw, overrides)
     scenario = from_dict(raw)
     if validate:
@@ -87,6 +95,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ScenarioError("", f"--set expects key.sub=value, got {text!r}")
+    if len(key.split(".")) > MAX_DEPTH:
+        raise ScenarioError(key[:60] + "...", f"nested too deeply (at most {MAX_DEPTH} levels)")
     return key, parse_value(value.strip(), key)
 
 
@@ -97,12 +107,31 @@ def parse_value(text: str, key: str = "") -> Any:
         ScenarioError: (naming ``key``) a number too long to read (over 4300 digits).
     """
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
     except ValueError:  # Python's limit on int() of long digit strings
         raise ScenarioError(key, "a number too long to read (TOML integers are 64-bit: "
                                  "-2^63 .. 2^63-1)") from None
+    except RecursionError:
+        raise ScenarioError(key, f"lists or tables nested too deeply (at most {MAX_DEPTH} "
+                                 "levels)") from None
+    _check_depth(value, key, len(key.split(".")) if key else 0)
+    return value
+
+
+def _check_depth(value: Any, key: str, start: int = 0) -> None:
+    """Refuse lists and tables nested more than ``MAX_DEPTH`` levels (no recursion here:
+    the checks and copies that follow recurse)."""
+    stack = [(value, start)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                raise ScenarioError(key, f"lists or tables nested too deeply (at most "
+                                         f"{MAX_DEPTH} levels)")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 def apply_overrides(raw: dict, overrides: Iterable[str | tuple[str, Any]]) -> dict:

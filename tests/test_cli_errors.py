@@ -75,6 +75,15 @@ def _cases() -> list:
         ("attack parameter beyond float32",
          ["validate", QUICK, "--set", "attack.name=alie", "--set", "attack.fraction=0.2",
           "--set", "attack.params={z=1e300}"], "attack.params.z"),
+        # nesting that would exhaust Python's recursion
+        ("3000 nested lists", ["validate", QUICK, "--set", "rounds=" + "[" * 3000 + "]" * 3000],
+         "nested too deeply"),
+        ("900 nested tables", ["validate", QUICK, "--set",
+                               "attack.params=" + "{a=" * 900 + "1" + "}" * 900],
+         "nested too deeply"),
+        ("2000-part dotted key", ["validate", QUICK, "--set",
+                                  "variants.v." + ".".join(["a"] * 2000) + "=1"],
+         "nested too deeply"),
         # types inside free-form tables
         ("aggregator name a list (validate)",
          ["validate", QUICK, "--set", "algorithm.aggregator={name=[]}"],
@@ -119,6 +128,14 @@ def test_one_line_exit_2(argv, words, capsys, tmp_path, monkeypatch):
     assert len(lines) == 1, err
     assert lines[0].startswith("fedsim: error: ") and words in lines[0], lines[0]
     assert not (tmp_path / "out").exists()  # refused before anything ran or was written
+
+
+def test_deeply_nested_file(tmp_path, capsys):
+    path = tmp_path / "deep.toml"
+    path.write_text("rounds = " + "[" * 3000 + "]" * 3000 + "\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nested too deeply" in err and "Traceback" not in err
 
 
 def test_help_still_exits_0(capsys):
