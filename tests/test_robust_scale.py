@@ -296,3 +296,18 @@ def test_a_round_with_every_row_rejected_applies_no_update(tmp_path):
     later = rows[-1]
     assert later["rejected"] == later["participants"] == 32
     assert summary["rejected_rows"] == sum(r["rejected"] for r in rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_weighted_coordinate_median_golden(dtype):
+    """bfloat16 takes the torch path (the one a GPU takes), the others numpy's."""
+    from fedsim.stages.numerics import coordinate_median as start
+
+    rows = torch.tensor([[0.0, 30.0], [1.0, 20.0], [2.0, 10.0], [3.0, 0.0]], dtype=dtype)
+    assert start(rows).tolist() == [1.5, 15.0]
+    assert start(rows, torch.tensor([1.0, 1, 1, 1])).tolist() == [1.5, 15.0]
+    assert start(rows, torch.tensor([3.0, 1, 1, 1])).tolist() == [0.5, 25.0]  # half at row 0
+    assert start(rows, torch.tensor([4.0, 1, 1, 1])).tolist() == [0.0, 30.0]
+    assert start(rows, torch.tensor([1.0, 0, 0, 5])).tolist() == [3.0, 0.0]
+    big = torch.tensor([[3e38], [3e38]])
+    assert start(big).tolist() == pytest.approx([3e38], rel=1e-6)  # no overflow in the mean

@@ -100,14 +100,33 @@ def coordinate_median(updates: Tensor, weights: Tensor | None = None,
         else:
             s = torch.sort(updates, dim=0).values
         return s[m // 2] if m % 2 else s[m // 2 - 1] / 2 + s[m // 2] / 2  # no overflow
+    if updates.device.type == "cpu" and updates.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(_weighted_median_numpy(updates.detach().numpy(),
+                                                       weights.double().numpy(), chunk))
     w = weights.to(device=updates.device, dtype=torch.float64)
     half = w.sum() / 2
     out = torch.empty(updates.shape[1], dtype=updates.dtype, device=updates.device)
     for start in range(0, updates.shape[1], chunk):
-        block = updates[:, start:start + chunk]
-        s, order = torch.sort(block, dim=0)  # [m, c]
-        cum = torch.cumsum(w[order], dim=0)  # [m, c]
-        lo = (cum < half).sum(0).clamp_max(m - 1)  # first index reaching half
-        hi = (cum <= half).sum(0).clamp_max(m - 1)  # first index passing half
-        out[start:start + chunk] = s.gather(0, lo[None])[0] / 2 + s.gather(0, hi[None])[0] / 2
+        s, order = torch.sort(updates[:, start:start + chunk].T, dim=1)  # [c, m]
+        cum = torch.cumsum(w[order], dim=1)  # [c, m]
+        lo = (cum < half).sum(1).clamp_max(m - 1)  # first index reaching half
+        hi = (cum <= half).sum(1).clamp_max(m - 1)  # first index passing half
+        out[start:start + chunk] = s.gather(1, lo[:, None])[:, 0] / 2 + \
+            s.gather(1, hi[:, None])[:, 0] / 2
+    return out
+
+
+def _weighted_median_numpy(x: np.ndarray, w: np.ndarray, chunk: int) -> np.ndarray:
+    """``coordinate_median``'s weighted rule on CPU: numpy sorts rows of a transposed chunk."""
+    m, half = x.shape[0], w.sum() / 2
+    out = np.empty(x.shape[1], dtype=x.dtype)
+    for start in range(0, x.shape[1], chunk):
+        block = np.ascontiguousarray(x[:, start:start + chunk].T)  # [c, m]
+        order = np.argsort(block, axis=1)
+        s = np.take_along_axis(block, order, 1)
+        cum = np.cumsum(w[order], axis=1)
+        lo = np.minimum((cum < half).sum(1), m - 1)[:, None]  # first index reaching half
+        hi = np.minimum((cum <= half).sum(1), m - 1)[:, None]  # first index passing half
+        out[start:start + chunk] = (np.take_along_axis(s, lo, 1)[:, 0] / 2
+                                    + np.take_along_axis(s, hi, 1)[:, 0] / 2)
     return out
