@@ -31,6 +31,7 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 MAX_SIM_S = 1e15
+MIN_SIM_S = 1.0 / MAX_SIM_S  # where a time must be > 0 (a node's local step): at least this
 MIN_BANDWIDTH_BPS = 1.0
 # lognormal compute: the mean factor exp(sigma**2 / 2) <= MAX_SIM_S
 MAX_SIGMA = math.sqrt(2.0 * math.log(MAX_SIM_S))

@@ -15,11 +15,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedsim.config import Scenario
 from fedsim.errors import ScenarioError
 from fedsim.limits import (
     FLOAT32_MAX,
     MAX_SIGMA,
+    MIN_SIM_S,
     check_bandwidth,
     check_int64,
     check_number,
@@ -35,6 +38,7 @@ from fedsim.network.compute import COMPUTE_MODELS, make_compute_model
 
 DEVICES = ("cpu", "cuda", "auto")
 DECENTRALIZED_ALGORITHMS = ("dsgd", "gossip_sgd", "accelerated_gossip_sgd")
+ASYNC_ALGORITHMS = ("gossip_sgd", "accelerated_gossip_sgd")  # steps at each node's own times
 ALGORITHMS = ("fedavg", "fedprox", *DECENTRALIZED_ALGORITHMS)
 # fields whose value is a whole table (kept as one value when variants are flattened)
 TABLE_FIELDS = ("network.topology_params", "algorithm.aggregator", "attack.params")
@@ -424,6 +428,15 @@ def _validate_decentralized(sc: Scenario, base_dir: Path) -> None:
     if sc.attack.name != "none":
         raise ScenarioError("attack.name", f"attacks are not supported with {sc.algorithm.name}; "
                             "allowed: none")
+    if sc.algorithm.name in ASYNC_ALGORITHMS:  # each node's steps follow one another in time
+        c = n.compute
+        sps = make_compute_model(c, nodes, base_dir).seconds_per_sample
+        if float(np.min(sps)) < MIN_SIM_S:
+            key = "network.compute." + ("trace" if c.model == "trace" else "seconds_per_sample")
+            raise ScenarioError(key, f"{sc.algorithm.name} times each node's local steps: "
+                                     f"seconds per sample must be >= {MIN_SIM_S:g} (a step that "
+                                     f"takes no time never reaches the next evaluation), got "
+                                     f"{float(np.min(sps)):g}")
 
 
 def _validate_aggregator(spec: dict) -> None:

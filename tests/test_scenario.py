@@ -335,6 +335,8 @@ def _place(target: str, key: str, value) -> tuple[str, object]:
                          ("base", "network.compute.sigma", 40.0)])
 @example("robust_bgmd", [("base", "attack.name", "backdoor"), ("base", "attack.fraction", 0.3)])
 @example("quickstart", [("base", "device", "cuda")])
+@example("gossip_ring", [("base", "algorithm.name", "gossip_sgd"),
+                         ("base", "network.compute.seconds_per_sample", 0.0)])
 def test_what_validate_accepts_runs(tmp_path, name, mutations):
     """If ``fedsim validate`` says ok, every variant (or sweep cell) builds and plays its
     first round without any exception: validate rejects all that run would reject."""
