@@ -131,8 +131,8 @@ def _check_krum_rows(f: int, m: int, n: int) -> None:
     if not 2 * f + 2 < n:
         raise ScenarioError(
             "algorithm.aggregator.f",
-            f"Krum needs 2f + 2 < n (n = rows received this round, which stragglers and "
-            f"dropouts reduce); got f={f}, n={n}",
+            f"Krum needs 2f + 2 < n (n = rows received this round, which stragglers, "
+            f"dropouts and rejected non-finite rows reduce); got f={f}, n={n}",
         )
     if m > n:
         raise ScenarioError(
