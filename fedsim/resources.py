@@ -272,10 +272,11 @@ def estimate(sc: Scenario, base_dir: Path | None = None) -> Estimate:
     host.append(Part("model", model_bytes, model_key, f"{P:,} parameters"))
 
     steps = exchanges = None
-    if a.name in DECENTRALIZED_ALGORITHMS:
-        nodes, edges = _graph_size(sc)
+    nodes, edges = _graph_size(sc)
+    if sc.network.topology != "star" or a.name in DECENTRALIZED_ALGORITHMS:
         host.append(Part("graph", nodes * BYTES_PER_NODE + edges * BYTES_PER_EDGE,
                          "network.topology_params", f"{nodes:,} nodes, {edges:,} edges"))
+    if a.name in DECENTRALIZED_ALGORITHMS:
         node_part = Part("nodes", NODE_COPIES * 4 * nodes * P,
                          _blame(("data.num_clients", nodes, 50), (model_key, P, 1e5)),
                          f"{nodes:,} node models of {P:,} parameters")

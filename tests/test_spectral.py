@@ -27,13 +27,14 @@ from fedsim.network.spectral import (
     accelerated_parameters,
     chi1,
     chi2,
+    closed_form,
     effective_resistances,
     lambda2,
     mean_dynamics_rates,
     predicted_rates,
     rate_laplacian,
 )
-from fedsim.network.topology import complete, ring, torus
+from fedsim.network.topology import build_topology, complete, ring, torus
 from fedsim.seeding import numpy_rng
 
 # --------------------------------------------------------------------------- spectral
@@ -240,3 +241,40 @@ def test_network_side_imports_no_torch() -> None:
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# ----------------------------------------------------------------------- closed forms
+
+CLOSED = [("ring", {"n": 7}), ("ring", {"n": 8}), ("torus", {"rows": 3, "cols": 5}),
+          ("torus", {"rows": 4, "cols": 4}), ("torus", {"rows": 6, "cols": 3}),
+          ("hypercube", {"dim": 1}), ("hypercube", {"dim": 4}), ("complete", {"n": 6})]
+
+
+@pytest.mark.parametrize(("name", "params"), CLOSED)
+def test_closed_forms_match_the_dense_computation(name, params):
+    from fedsim.network.mixing import metropolis_weights, spectral_gap
+
+    G = build_topology(name, params)
+    cf = closed_form(G)
+    lam = np.linalg.eigvalsh(laplacian(G))
+    assert cf["family"] == name
+    assert cf["lambda2"] == pytest.approx(lam[1], abs=1e-12)
+    assert cf["lambda_max"] == pytest.approx(lam[-1], abs=1e-12)
+    assert cf["spectral_gap"] == pytest.approx(spectral_gap(metropolis_weights(G)), abs=1e-12)
+    assert cf["diameter"] == nx.diameter(G)
+    resistances = np.array(list(effective_resistances(G).values()))
+    if cf["edge_resistance"] is None:  # a non-square torus: two kinds of edges
+        assert np.ptp(resistances) > 1e-3
+    else:
+        assert resistances == pytest.approx(cf["edge_resistance"], abs=1e-12)
+
+
+def test_closed_form_checks_the_structure_not_just_the_name():
+    G = ring(12)
+    H = nx.relabel_nodes(G, {0: 1, 1: 0})  # same name, two nodes swapped: not C_12 in order
+    assert closed_form(G) is not None and closed_form(H) is None
+    E = G.copy()
+    E.remove_edge(0, 1)
+    E.add_edge(0, 2)  # same counts, different graph
+    assert closed_form(E) is None
+    assert closed_form(nx.cycle_graph(12)) is None  # no builder name: not recognised

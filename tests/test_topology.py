@@ -18,7 +18,12 @@ from fedsim.network.topology import (
     with_link_defaults,
 )
 from fedsim.network.topology_files import load_topology
-from fedsim.network.topology_report import describe_topology, draw_topology, format_report
+from fedsim.network.topology_report import (
+    MAX_EXACT_NODES,
+    describe_topology,
+    draw_topology,
+    format_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TOPOLOGIES = REPO / "topologies"
@@ -395,3 +400,90 @@ def test_network_modules_do_not_import_torch(module: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module.split(".")[0])
     assert "torch" not in names
+
+
+# ----------------------------------------------------------------------------- large graphs
+
+
+def test_gnp_skipping_maps_pair_indices_in_row_major_order() -> None:
+    import numpy as np
+
+    from fedsim.network.topology import _gnp_edges_skipping
+
+    n = 300
+    every = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    assert _gnp_edges_skipping(n, 1.0 - 1e-12, np.random.default_rng(1)) == every
+    edges = _gnp_edges_skipping(2000, 0.01, np.random.default_rng(2))
+    assert len(set(edges)) == len(edges) and all(0 <= i < j < 2000 for i, j in edges)
+    mean = 0.01 * 2000 * 1999 / 2
+    sd = mean**0.5
+    assert abs(len(edges) - mean) < 5 * sd
+
+
+def test_large_erdos_renyi_is_drawn_by_skips_and_reproducible() -> None:
+    from fedsim.network.topology import GNP_SKIP_PAIRS
+
+    n = 12_000  # 7.2e7 pairs: past GNP_SKIP_PAIRS, where the row-by-row draw takes minutes
+    assert n * (n - 1) // 2 > GNP_SKIP_PAIRS
+    a = build_topology("erdos_renyi", {"n": n, "p": 0.002}, seed=3)
+    assert nx.is_connected(a) and a.number_of_nodes() == n
+    pairs, p = n * (n - 1) / 2, 0.002
+    assert abs(a.number_of_edges() - p * pairs) < 5 * (p * pairs) ** 0.5
+    assert edge_set(a) == edge_set(build_topology("erdos_renyi", {"n": n, "p": 0.002}, seed=3))
+
+
+@pytest.mark.parametrize(("name", "params", "diameter"), [
+    ("ring", {"n": 100_000}, 50_000),
+    ("hypercube", {"dim": 12}, 12),
+    ("torus", {"rows": 40, "cols": 30}, 35),
+    ("complete", {"n": 1500}, 1),
+])
+def test_report_on_large_builder_graphs_uses_closed_forms(name, params, diameter) -> None:
+    G = build_topology(name, params)
+    assert G.number_of_nodes() > MAX_EXACT_NODES
+    info = describe_topology(G)
+    assert info["diameter"] == diameter
+    assert info["large"] == {"closed_form": name, "diameter": "closed form"}
+    assert info["max_path_latency_s"] is None
+    text = format_report(name, info)
+    assert f"large graph ({G.number_of_nodes()} nodes > {MAX_EXACT_NODES}): spectra, " \
+        f"diameter and gossip rates from the {name} closed forms" in text
+    if name == "ring":
+        n = 100_000
+        assert info["algebraic_connectivity"] == pytest.approx(2 - 2 * math.cos(2 * math.pi / n))
+        g = info["gossip"]  # the guaranteed rates, as below the threshold
+        assert g["accelerated"] / g["boyd"] == pytest.approx(n / (math.pi * math.sqrt(2)),
+                                                             rel=0.01)
+        assert g["boyd_exact"] is None
+    if name == "torus":  # 40 x 30 is not edge-transitive: no closed form for chi_2
+        assert info["gossip"] is None and info["spectral_gap"] > 0
+    if name == "complete":
+        assert info["gossip"]["boyd_exact"] == info["gossip"]["accelerated_exact"] == 750
+
+
+def test_report_on_other_large_graphs_skips_spectra_and_bounds_the_diameter() -> None:
+    G = build_topology("random_regular", {"n": 1500, "degree": 3}, seed=0)
+    info = describe_topology(G)
+    assert info["spectral_gap"] is None and info["algebraic_connectivity"] is None
+    assert info["gossip"] is None
+    assert info["large"] == {"closed_form": None, "diameter": "two-sweep lower bound"}
+    assert 0 < info["diameter"] <= nx.diameter(G)
+    text = format_report("rr", info)
+    assert f"diameter >= {info['diameter']} hops" in text
+    assert "Metropolis spectral gap n/a; algebraic connectivity n/a" in text
+    assert "spectra and gossip rates skipped (n/a), diameter a two-sweep lower bound" in text
+
+
+def test_report_at_the_threshold_stays_exact() -> None:
+    info = describe_topology(build_topology("ring", {"n": MAX_EXACT_NODES}))
+    assert info["large"] is None and info["diameter"] == MAX_EXACT_NODES // 2
+    assert "large graph" not in format_report("ring", info)
+
+
+def test_report_on_a_large_disconnected_graph() -> None:
+    G = nx.disjoint_union(nx.cycle_graph(600), nx.cycle_graph(600))
+    info = describe_topology(G)
+    assert info["spectral_gap"] == 0.0 and info["algebraic_connectivity"] == 0.0
+    assert info["diameter"] is None and info["gossip"] is None
+    text = format_report("two", info)
+    assert "DISCONNECTED (2 components)" in text and "spectral gaps 0 (disconnected)" in text

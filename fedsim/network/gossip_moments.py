@@ -68,13 +68,15 @@ def second_moment_rates(G: nx.Graph, rates: Rates = 1.0) -> dict[str, float]:
     References:
         Boyd et al., IEEE Trans. Inf. Theory, 2006; Even et al., NeurIPS 2021.
     """
-    eta, alpha = accelerated_parameters(G, rates)  # also checks connectivity
     _, _, p = edge_rates(G, rates)
     n = G.number_of_nodes()
-    if p.size == n * (n - 1) // 2 and np.ptp(p) == 0:  # K_n, one rate: a closed form
-        # d/dt E||x - mean||^2 = -1/2 E[x^T L x] = -(n p / 2) E||x - mean||^2, and
-        # alpha_tilde = 1/2 keeps x_tilde = x: the accelerated method is Boyd's
+    if n >= 2 and nx.is_connected(G) and p.size == n * (n - 1) // 2 and np.ptp(p) == 0:
+        # K_n, one rate: a closed form. d/dt E||x - mean||^2 = -1/2 E[x^T L x] =
+        # -(n p / 2) E||x - mean||^2, and alpha_tilde = 1/2 keeps x_tilde = x: the
+        # accelerated method is Boyd's
         return {"boyd": n * float(p[0]) / 2, "accelerated": n * float(p[0]) / 2}
+    _check_size(n, p.size)  # before the dense n x n work of accelerated_parameters
+    eta, alpha = accelerated_parameters(G, rates)  # also checks connectivity
     boyd = ([[0.0]], [-0.5], [1.0])
     accelerated = (eta * np.array([[-1.0, 1.0], [1.0, -1.0]]), [-0.5, -alpha], [1.0, 0.0])
     return {
@@ -99,8 +101,7 @@ def switched_rate(G: nx.Graph, B, a, b, rates: Rates = 1.0, rtol: float = 1e-10)
     B, a, b = np.asarray(B, float), np.asarray(a, float), np.asarray(b, float)
     u, v, p = edge_rates(G, rates)
     n, E = G.number_of_nodes(), p.size
-    if n**2 * E**2 > MAX_EDGE_PAIRS:
-        raise ValueError(f"graph too large for the exact rate (n={n}, E={E}); needs n^2 E^2 <= 4e8")
+    _check_size(n, E)
     lam, Phi = np.linalg.eigh(rate_laplacian(G, rates))
     lam, Phi = lam[1:], Phi[:, 1:]  # drop the consensus mode: every u_e is orthogonal to it
     A = Phi[u] - Phi[v]  # [E, n-1], row e = phi_e = Phi^T u_e
@@ -131,3 +132,8 @@ def switched_rate(G: nx.Graph, B, a, b, rates: Rates = 1.0, rtol: float = 1e-10)
         rho = perron(mid)
         lo, hi = (mid, hi) if np.isfinite(rho) and 0.0 <= rho < 1.0 else (lo, mid)
     return float(0.5 * (lo + hi))
+
+
+def _check_size(n: int, E: int) -> None:
+    if n**2 * E**2 > MAX_EDGE_PAIRS:
+        raise ValueError(f"graph too large for the exact rate (n={n}, E={E}); needs n^2 E^2 <= 4e8")

@@ -20,6 +20,8 @@ References:
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -196,3 +198,95 @@ def mean_dynamics_rates(G: nx.Graph, rates: Rates = 1.0) -> dict[str, float]:
 def _require_connected(G: nx.Graph) -> None:
     if G.number_of_nodes() < 2 or not nx.is_connected(G):
         raise ValueError("needs a connected graph with at least 2 nodes")
+
+
+# --------------------------------------------------------------------------- closed forms
+
+_FAMILIES = {
+    "ring": re.compile(r"ring\(n=(\d+)\)"),
+    "torus": re.compile(r"torus\((\d+)x(\d+)\)"),
+    "hypercube": re.compile(r"hypercube\(dim=(\d+)\)"),
+    "complete": re.compile(r"complete\(n=(\d+)\)"),
+}
+
+
+def _ring_laplacian_extremes(n: int) -> tuple[float, float]:
+    """(lambda_2, lambda_max) of the cycle C_n: eigenvalues ``2 - 2 cos(2 pi k / n)``."""
+    lam2 = 2.0 - 2.0 * math.cos(2.0 * math.pi / n)
+    lam_max = 4.0 if n % 2 == 0 else 2.0 + 2.0 * math.cos(math.pi / n)
+    return lam2, lam_max
+
+
+def closed_form(G: nx.Graph) -> dict[str, Any] | None:
+    """Spectra of a graph from fedsim's ring, torus, hypercube or complete builder, in O(m).
+
+    The family is read from ``G.graph["name"]`` (as the builders set it) and then checked
+    edge by edge against the family's structure, so a relabelled or edited graph gets
+    ``None``. Unit-rate edges, as :func:`lambda2` with ``rates = 1``.
+
+    Laplacian eigenvalues: the cycle ``C_n`` has ``2 - 2 cos(2 pi k / n)``; the torus
+    ``C_r x C_c`` the sums of its two cycles'; the hypercube ``Q_d`` has ``2k`` (k = 0..d);
+    ``K_n`` has ``n``. Every one is ``deg``-regular, so the Metropolis matrix is
+    ``I - L / (deg + 1)``. Effective resistance of an edge: ``(n - 1) / m`` on an
+    edge-transitive graph (Foster's theorem; ring, square torus, hypercube, K_n), else None.
+
+    Args:
+        G: undirected graph.
+
+    Returns:
+        ``None``, or ``{"family", "lambda2", "lambda_max", "degree", "diameter",
+        "spectral_gap", "edge_resistance"}``.
+
+    References:
+        Brouwer & Haemers, "Spectra of Graphs" (Springer, 2012), Section 1.4; Foster,
+        "The average impedance of an electrical network" (1949).
+    """
+    name = str(G.graph.get("name", ""))
+    found = [(fam, pat.fullmatch(name)) for fam, pat in _FAMILIES.items()]
+    family, match = next(((fam, mt) for fam, mt in found if mt), ("", None))
+    if match is None:
+        return None
+    args = [int(a) for a in match.groups()]
+    n, m = G.number_of_nodes(), G.number_of_edges()
+    if family == "ring":
+        (size,) = args
+        lam2, lam_max = _ring_laplacian_extremes(size)
+        deg, diameter, edges = 2, size // 2, size
+
+        def neighbours(i: int) -> set[int]:
+            return {(i + 1) % size, (i - 1) % size}
+    elif family == "torus":
+        rows, cols = args
+        size = rows * cols
+        (r2, rmax), (c2, cmax) = _ring_laplacian_extremes(rows), _ring_laplacian_extremes(cols)
+        lam2, lam_max = min(r2, c2), rmax + cmax
+        deg, diameter, edges = 4, rows // 2 + cols // 2, 2 * size
+
+        def neighbours(i: int) -> set[int]:
+            r, c = divmod(i, cols)
+            return {((r + 1) % rows) * cols + c, ((r - 1) % rows) * cols + c,
+                    r * cols + (c + 1) % cols, r * cols + (c - 1) % cols}
+    elif family == "hypercube":
+        (dim,) = args
+        size = 2**dim
+        lam2, lam_max = 2.0, 2.0 * dim
+        deg, diameter, edges = dim, dim, dim * size // 2
+
+        def neighbours(i: int) -> set[int]:
+            return {i ^ (1 << b) for b in range(dim)}
+    else:
+        (size,) = args
+        lam2 = lam_max = float(size)
+        deg, diameter, edges = size - 1, 1, size * (size - 1) // 2
+
+        def neighbours(i: int) -> set[int]:
+            return set(range(size)) - {i}
+    if (n, m) != (size, edges) or set(G.nodes) != set(range(size)) or size < 2:
+        return None
+    if family != "complete" and any(set(G.adj[i]) != neighbours(i) for i in range(size)):
+        return None
+    slem = max(abs(1.0 - lam2 / (deg + 1)), abs(1.0 - lam_max / (deg + 1)))
+    transitive = family != "torus" or args[0] == args[1]
+    return {"family": family, "lambda2": lam2, "lambda_max": lam_max, "degree": deg,
+            "diameter": diameter, "spectral_gap": min(1.0, max(0.0, 1.0 - slem)),
+            "edge_resistance": (size - 1) / edges if transitive else None}

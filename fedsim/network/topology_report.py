@@ -7,12 +7,19 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+from networkx.algorithms import approximation
 
 from fedsim.network.gossip_moments import second_moment_rates
 from fedsim.network.mixing import algebraic_connectivity, metropolis_weights, spectral_gap
-from fedsim.network.spectral import predicted_rates
+from fedsim.network.spectral import closed_form, predicted_rates
 
-MAX_GOSSIP_NODES = 2000  # the gossip rates need dense n x n eigenproblems: skip past this
+# Above this many nodes the report skips what needs dense n x n matrices (spectra,
+# effective resistances, the gossip rates) or a search from every node (the exact
+# diameter, the longest shortest-path latency): it takes closed forms for fedsim's ring,
+# torus, hypercube and complete graphs, a two-sweep lower bound for the diameter, and
+# says so. At 1000 nodes the dense parts take about a second.
+MAX_EXACT_NODES = 1000
+MAX_GOSSIP_NODES = MAX_EXACT_NODES
 
 
 def _link_stats(G: nx.Graph, attr: str) -> dict[str, Any]:
@@ -51,8 +58,10 @@ def gossip_rates(G: nx.Graph) -> dict[str, float | None] | None:
         Boyd et al., IEEE Trans. Inf. Theory, 2006; Even et al., NeurIPS 2021.
     """
     n = G.number_of_nodes()
-    if n < 2 or n > MAX_GOSSIP_NODES or not nx.is_connected(G):
+    if n < 2 or not nx.is_connected(G):
         return None
+    if n > MAX_GOSSIP_NODES:
+        return _closed_form_gossip(G)
     H = nx.Graph(G.edges)  # unit rates whatever the file's edge attributes
     H.add_nodes_from(G.nodes)
     guaranteed = predicted_rates(H)
@@ -63,6 +72,19 @@ def gossip_rates(G: nx.Graph) -> dict[str, float | None] | None:
         exact = {}
     for method in ("boyd", "accelerated"):
         out[f"{method}_exact"] = exact.get(method)
+    return out
+
+
+def _closed_form_gossip(G: nx.Graph) -> dict[str, float | None] | None:
+    """Guaranteed rates from :func:`closed_form` (edge-transitive graphs), exact for K_n."""
+    cf = closed_form(G)
+    if cf is None or cf["edge_resistance"] is None:
+        return None
+    chi1, chi2 = 1.0 / cf["lambda2"], cf["edge_resistance"] / 2.0
+    out: dict[str, float | None] = {"boyd": cf["lambda2"] / 2.0,
+                                    "accelerated": 1.0 / (2.0 * (chi1 * chi2) ** 0.5)}
+    exact = cf["lambda2"] / 2.0 if cf["family"] == "complete" else None  # gossip_moments
+    out.update(boyd_exact=exact, accelerated_exact=exact)
     return out
 
 
@@ -79,8 +101,11 @@ def describe_topology(G: nx.Graph) -> dict[str, Any]:
         ``algebraic_connectivity`` (Laplacian lambda_2), ``{total,min,max}_latency_s``,
         ``{total,min,max}_bandwidth_bps`` (None when no edge has the attribute),
         ``edges_missing_latency``/``edges_missing_bandwidth``, ``max_path_latency_s``
-        (largest shortest-path latency; None when undefined) and ``gossip``
-        (:func:`gossip_rates`).
+        (largest shortest-path latency; None when undefined), ``gossip``
+        (:func:`gossip_rates`) and ``large`` (None up to ``MAX_EXACT_NODES`` nodes, else
+        how the expensive parts were done: ``{"closed_form": family or None,
+        "diameter": "closed form" | "two-sweep lower bound"}``; spectra without a closed
+        form are then None).
 
     References:
         Boyd, Diaconis, Xiao, "Fastest mixing Markov chain on a graph" (SIAM Review, 2004).
@@ -93,19 +118,35 @@ def describe_topology(G: nx.Graph) -> dict[str, Any]:
         "edges": m,
         "is_connected": connected,
         "components": nx.number_connected_components(G) if n else 0,
-        "diameter": nx.diameter(G) if connected else None,
         "min_degree": int(degrees.min()),
         "max_degree": int(degrees.max()),
         "mean_degree": float(degrees.mean()),
-        "spectral_gap": spectral_gap(metropolis_weights(G)) if n else 0.0,
-        "algebraic_connectivity": algebraic_connectivity(G) if n else 0.0,
+        "large": None,
     }
+    if n <= MAX_EXACT_NODES:
+        info.update(diameter=nx.diameter(G) if connected else None,
+                    spectral_gap=spectral_gap(metropolis_weights(G)) if n else 0.0,
+                    algebraic_connectivity=algebraic_connectivity(G) if n else 0.0)
+    else:
+        cf = closed_form(G) if connected else None
+        if cf is not None:
+            diameter, how = cf["diameter"], "closed form"
+        elif connected:
+            diameter, how = approximation.diameter(G, seed=0), "two-sweep lower bound"
+        else:
+            diameter, how = None, None
+        info.update(diameter=diameter,
+                    spectral_gap=cf["spectral_gap"] if cf else (None if connected else 0.0),
+                    algebraic_connectivity=cf["lambda2"] if cf else (None if connected
+                                                                      else 0.0),
+                    large={"closed_form": cf["family"] if cf else None, "diameter": how})
     for attr, short in (("latency_s", "latency"), ("bandwidth_bps", "bandwidth")):
         stats = _link_stats(G, attr)
         for key in ("total", "min", "max"):
             info[f"{key}_{attr}"] = stats[key]
         info[f"edges_missing_{short}"] = stats["missing"]
-    info["max_path_latency_s"] = _max_path_latency(G, connected)
+    info["max_path_latency_s"] = _max_path_latency(G, connected) if n <= MAX_EXACT_NODES \
+        else None
     info["gossip"] = gossip_rates(G)
     return info
 
@@ -127,14 +168,17 @@ def format_report(name: str, info: dict[str, Any]) -> str:
         Several lines of text, no trailing newline.
     """
     diameter = info["diameter"] if info["is_connected"] else "inf (disconnected)"
+    large = info.get("large")
+    if large and large["diameter"] == "two-sweep lower bound":
+        diameter = f">= {diameter}"
     parts = info["components"]
     state = "connected" if info["is_connected"] else f"DISCONNECTED ({parts} components)"
     lines = [
         f"{name}: {info['nodes']} nodes, {info['edges']} edges, {state}",
         f"  diameter {diameter} hops; degree min {info['min_degree']} / "
         f"mean {info['mean_degree']:.2f} / max {info['max_degree']}",
-        f"  Metropolis spectral gap {info['spectral_gap']:.4g}; "
-        f"algebraic connectivity {info['algebraic_connectivity']:.4g}",
+        f"  Metropolis spectral gap {_fmt(info['spectral_gap'], digits=4)}; "
+        f"algebraic connectivity {_fmt(info['algebraic_connectivity'], digits=4)}",
         f"  latency  total {_fmt(info['total_latency_s'], ' ms', 1e3)}, "
         f"min {_fmt(info['min_latency_s'], ' ms', 1e3)}, "
         f"max {_fmt(info['max_latency_s'], ' ms', 1e3)}, "
@@ -146,6 +190,8 @@ def format_report(name: str, info: dict[str, Any]) -> str:
     gossip = info.get("gossip")
     if gossip:
         lines.append(_gossip_line(gossip))
+    if large:
+        lines.append(_large_line(info["nodes"], large))
     missing = info["edges_missing_latency"], info["edges_missing_bandwidth"]
     if any(missing):
         lines.append(
@@ -153,6 +199,20 @@ def format_report(name: str, info: dict[str, Any]) -> str:
             "(network defaults apply)"
         )
     return "\n".join(lines)
+
+
+def _large_line(n: int, large: dict[str, Any]) -> str:
+    """What a large graph's report skipped or approximated."""
+    if large["diameter"] is None:  # disconnected: the gaps are 0, the diameter infinite
+        done = "spectral gaps 0 (disconnected)"
+    elif large["closed_form"]:
+        done = (f"spectra, diameter and gossip rates from the {large['closed_form']} "
+                "closed forms")
+    else:
+        done = (f"spectra and gossip rates skipped (n/a), diameter a "
+                f"{large['diameter'] or 'n/a'}")
+    return (f"  large graph ({n} nodes > {MAX_EXACT_NODES}): {done}; longest shortest-path "
+            "latency skipped")
 
 
 def _gossip_line(g: dict[str, float | None]) -> str:
