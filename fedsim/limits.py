@@ -8,9 +8,11 @@ One rule per kind of number, so that a run that validates cannot overflow later:
 - **Simulated seconds** (latencies, compute seconds per sample, deadlines, evaluation
   intervals) are at most ``MAX_SIM_S`` (1e15 s, about 30 million years), and a factor that
   multiplies them on average (the lognormal's ``exp(sigma**2 / 2)``, the shifted
-  exponential's ``1 + 1/rate``) at most ``MAX_SIM_S`` too. With at most 2**63 rounds, a
-  run's simulated time then stays below 1e49 s: finite in float64, so times, plots and
-  ``summary.json`` stay finite.
+  exponential's ``1 + 1/rate``) at most ``MAX_SIM_S`` too. A run's clock is a product of
+  such bounded terms and counts below 2**63 (rounds, samples, epochs, hops): at most about
+  1e100 s, far inside float64 (1.8e308), so times, plots and ``summary.json`` stay finite.
+  Where a time must be > 0 (a node's local step in asynchronous gossip) it is at least
+  ``MIN_SIM_S`` = 1/``MAX_SIM_S``; rates per second lie in ``[MIN_SIM_S, MAX_SIM_S]``.
 - **Bandwidths** are at least ``MIN_BANDWIDTH_BPS`` (1 bit/s), so a message's seconds on a
   link are at most its bits.
 - **Multipliers of counts** (``network.over_selection``) are at most the population they
