@@ -216,3 +216,37 @@ def test_die_with_parent_when_the_parent_is_already_gone(tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", code], timeout=60, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL
+
+
+def test_a_child_that_ignores_the_soft_signal_is_killed(tmp_path):
+    """The Flower child gets SIGINT when its parent dies (so it can shut Ray down); one
+    that ignores it is killed ``grace_s`` later."""
+    child_code = ("import signal, time\n"
+                  "from fedsim.bench.processes import die_with_parent\n"
+                  "die_with_parent(signal.SIGINT, grace_s=1.0)\n"
+                  "signal.signal(signal.SIGINT, lambda *a: None)\n"
+                  "time.sleep(120)\n")
+    parent_code = textwrap.dedent(f"""
+        import subprocess, sys, time
+        from fedsim.bench.processes import child_env_of_this_process
+        child = subprocess.Popen([sys.executable, "-c", {child_code!r}],
+                                 env=child_env_of_this_process(), start_new_session=True)
+        print(child.pid, flush=True)
+        time.sleep(120)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE,
+                              text=True, cwd=tmp_path)
+    child_pid = None
+    try:
+        child_pid = int(parent.stdout.readline())
+        time.sleep(2.0)
+        assert not _gone(child_pid, 0.0)
+        parent.kill()
+        parent.wait(10)
+        assert _gone(child_pid, 15.0)
+    finally:
+        _kill(parent.pid)
+        if child_pid is not None:
+            _kill(child_pid)
+        parent.wait(10)
+        parent.stdout.close()
