@@ -6,8 +6,8 @@ scenario's fields; :func:`check_resources` compares them with what the machine h
 raises one ``ScenarioError`` naming the field that drives the largest part.
 
 The estimate is of the order of the real peak, not exact (docs/architecture.md,
-"Resources"): measured on the shipped scenarios it is within a factor of about 1.5 of the
-peak resident memory, and it errs on the high side for heavy-tailed client sizes.
+"Resources"): measured, it is within about 1.5x of the peak resident memory, on the high
+side for large federated populations.
 
 Parts (host memory, bytes):
 
@@ -17,7 +17,8 @@ Parts (host memory, bytes):
   float64) are added as ``generator``;
 * ``model``: 6 copies of the ``d`` float32 parameters (the module, the population's
   start, the global model, the update, one training chunk's parameters and gradients)
-  plus the activations of one evaluation batch (4096 samples at most);
+  plus the activations of one evaluation batch (the widest layer twice, for up to 4096
+  test samples);
 * ``cohort``: the cohort's stacked updates ``[m, d]`` three times (updates, uplink rows,
   attacked rows) and its shuffled sample orders; with ``bgmd`` client memory, ``[n, d]``;
 * decentralized ``nodes``: the node models ``[n, d]`` four times (x, x~, the trained rows,
@@ -268,7 +269,9 @@ def estimate(sc: Scenario, base_dir: Path | None = None) -> Estimate:
 
     # ---- model
     model_key = _model_key(sc)
-    model_bytes = MODEL_COPIES * 4 * P + 2 * 4 * min(EVAL_BATCH, samples) * _activation_width(sc)
+    test = (10_000 if d.dataset in ("mnist", "cifar10")
+            else max(1, round(samples * d.test_fraction)))
+    model_bytes = MODEL_COPIES * 4 * P + 2 * 4 * min(EVAL_BATCH, test) * _activation_width(sc)
     host.append(Part("model", model_bytes, model_key, f"{P:,} parameters"))
 
     steps = exchanges = None

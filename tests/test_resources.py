@@ -153,7 +153,9 @@ def test_estimate_grows_with_what_drives_it():
     part = {p.name: p.bytes for p in small.host}, {p.name: p.bytes for p in big.host}
     # 100x the clients: 100x the samples (50 each, 60 features: 8 * 60 + 32 bytes each)
     assert part[1]["data"] - part[0]["data"] == 9_900 * (50 * 512 + resources.BYTES_PER_CLIENT)
-    assert part[1]["model"] == part[0]["model"]
+    assert part[1]["cohort"] == part[0]["cohort"] and big.num_params == small.num_params
+    # the model part grows only by one evaluation batch (1000 -> 4096 test samples, 64 wide)
+    assert part[1]["model"] - part[0]["model"] == 2 * 4 * (4096 - 1000) * 64
 
 
 def test_dsgd_counts_its_dense_mixing_matrix():

@@ -211,7 +211,13 @@ class DecentralizedRun:
         instants = interval * np.arange(1, sc.rounds + 1)
         clock = AsyncGossipClock(sc.network, self.graph, seed=sc.seed, base_dir=self.base_dir)
         t0 = time.perf_counter()
-        sched = clock.events(t_end, a.batch_size, self.nbytes, a.gossip_rate, a.step_times)
+        try:
+            sched = clock.events(t_end, a.batch_size, self.nbytes, a.gossip_rate, a.step_times)
+        except ValueError as err:  # past the clock's guard (resources.py checks the mean)
+            if "max_events" not in str(err):
+                raise
+            raise ScenarioError("algorithm.eval_interval_s", f"{err} (rounds x "
+                                "algorithm.eval_interval_s is the horizon)") from None
         eta = alpha = None
         if a.name == "accelerated_gossip_sgd":
             eta, alpha = accelerated_parameters(self.graph, a.gossip_rate)  # edges at the rate
