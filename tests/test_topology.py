@@ -487,3 +487,14 @@ def test_report_on_a_large_disconnected_graph() -> None:
     assert info["diameter"] is None and info["gossip"] is None
     text = format_report("two", info)
     assert "DISCONNECTED (2 components)" in text and "spectral gaps 0 (disconnected)" in text
+
+
+def test_cli_topology_report_on_a_large_ring(capsys) -> None:
+    from fedsim.cli import main
+
+    assert main(["topology", "ring", "--param", "n=100000"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "ring: 100000 nodes, 100000 edges, connected"
+    assert out[1].startswith("  diameter 50000 hops;")
+    assert "  large graph (100000 nodes > 1000): spectra, diameter and gossip rates from the " \
+        "ring closed forms; longest shortest-path latency skipped" in out

@@ -111,13 +111,14 @@ def describe_topology(G: nx.Graph) -> dict[str, Any]:
         Boyd, Diaconis, Xiao, "Fastest mixing Markov chain on a graph" (SIAM Review, 2004).
     """
     n, m = G.number_of_nodes(), G.number_of_edges()
-    connected = n > 0 and nx.is_connected(G)
+    components = nx.number_connected_components(G) if n else 0
+    connected = components == 1
     degrees = np.array([d for _, d in G.degree()], dtype=float) if n else np.zeros(1)
     info: dict[str, Any] = {
         "nodes": n,
         "edges": m,
         "is_connected": connected,
-        "components": nx.number_connected_components(G) if n else 0,
+        "components": components,
         "min_degree": int(degrees.min()),
         "max_degree": int(degrees.max()),
         "mean_degree": float(degrees.mean()),
