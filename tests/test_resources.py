@@ -73,16 +73,17 @@ def test_run_refuses_before_writing_anything(capsys, monkeypatch, tmp_path):
     assert not out_dir.exists()
 
 
-def test_large_population_that_fits_is_accepted_and_reported(capsys, monkeypatch):
+def test_large_population_that_fits_is_accepted_and_reported(capsys, monkeypatch, tmp_path):
     # the 100k-client synthetic population, 10 samples each, cohort 10k (825 MB)
     monkeypatch.setenv(resources.MEMORY_ENV, CAP)
-    code, out, err = _cli(capsys, "validate", QUICKSTART, *_sets(
-        *SYN, "data.num_clients=100000", "data.synthetic_mean_samples=10",
-        "clients_per_round=10000"))
+    path = tmp_path / "big.toml"
+    path.write_text('name = "big"\nclients_per_round = 10000\n[data]\ndataset = "synthetic"\n'
+                    'partition = "iid"\nnum_clients = 100000\nsynthetic_mean_samples = 10\n')
+    code, out, err = _cli(capsys, "validate", str(path))
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].endswith("variants: wait_for_all, deadline, first_k)")
-    assert len(lines) == 4 and lines[1].startswith("  wait_for_all: memory: about ")
+    assert lines[0] == f"{path}: ok (big: synthetic, mlp, fedavg, 20 rounds)"
+    assert len(lines) == 2 and lines[1].startswith("  memory: about 1.43 GiB (runtime 400 MiB, ")
     assert "data 536 MiB" in lines[1] and "model 4,554 parameters" in lines[1]
 
 
