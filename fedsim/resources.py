@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -383,12 +384,21 @@ def available_device_memory(device: str) -> tuple[int, str] | None:
     env = os.environ.get(DEVICE_MEMORY_ENV)
     if env:
         return _env_bytes(env, DEVICE_MEMORY_ENV), DEVICE_MEMORY_ENV
+    if device == "auto" and "torch" not in sys.modules and not _nvidia_driver():
+        return None  # no GPU here: "auto" runs on CPU (and validate need not import torch)
     import torch
 
     if not torch.cuda.is_available():
         return None  # "cuda" without a GPU is refused by the runner; "auto" runs on CPU
     free, _ = torch.cuda.mem_get_info()
     return int(free), "free GPU memory"
+
+
+def _nvidia_driver() -> bool:
+    """Whether an NVIDIA driver is loaded (Linux); True where that cannot be told."""
+    if not Path("/proc").is_dir():
+        return True
+    return Path("/proc/driver/nvidia").exists()
 
 
 def _env_bytes(text: str, name: str) -> int:

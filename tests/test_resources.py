@@ -171,7 +171,9 @@ def test_dsgd_counts_its_dense_mixing_matrix():
 
 def test_resources_imports_no_torch():
     code = ("import sys, fedsim.resources as r; from fedsim.config import Scenario; "
-            "r.estimate(Scenario()); print('torch' in sys.modules)")
+            "r.check_resources(Scenario()); a = 'torch' in sys.modules; "
+            "r.check_resources(Scenario(device='auto')); print(a, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert out.strip() == "False"
+    # "auto" asks torch about a GPU only where an NVIDIA driver is loaded
+    assert out.split() == ["False", str(resources._nvidia_driver())]
