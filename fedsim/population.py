@@ -35,6 +35,7 @@ import copy
 import math
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -201,7 +202,8 @@ class Population:
         flat = self._cat_indices(indices)  # one concatenation, one transfer
         self._check_indices(flat)
         orders = self._draw_orders(indices, counts, epochs, gen, flat=flat)  # [E, m, max_n]
-        updates, losses = self._dispatch(w0, orders, counts, lr, mu, batch_size)
+        with _one_thread_for_one_client(len(indices), self.device):
+            updates, losses = self._dispatch(w0, orders, counts, lr, mu, batch_size)
         return CohortResult(updates, losses, counts.to(self.device))
 
     @torch.no_grad()
@@ -572,3 +574,23 @@ def _num_steps(counts: Tensor, batch_size: int, epochs: int) -> Tensor:
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "FUSED_CHUNK_BYTES", "GPU_MIN_CHUNK_BYTES", "CohortResult",
            "Population"]
+
+
+@contextmanager
+def _one_thread_for_one_client(m: int, device: str | torch.device):
+    """A lone client trains on one CPU thread, so results do not depend on the thread count.
+
+    A batch of one client's products is a single matrix product, which MKL splits across
+    threads (changing its summation order) when ``FEDSIM_TORCH_THREADS > 1``; batches of
+    two or more are split by client, each product on one thread. Federated rounds with
+    one reporting client and asynchronous gossip steps taken alone both train one client.
+    """
+    threads = torch.get_num_threads()
+    if m != 1 or threads == 1 or torch.device(device).type != "cpu":
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -188,6 +188,7 @@ class FederatedRun:
         self.diverged_round: int | None = None
         self.not_converged_rounds = 0
         self.rejected = self.rejected_rows = 0  # non-finite rows: this round, all rounds
+        self.honest_rejected = 0  # of this round's, rows from honest clients (diverged SGD)
 
     def select(self) -> np.ndarray:
         """The round's cohort, drawn from the clients online now (sampling stream)."""
@@ -204,7 +205,7 @@ class FederatedRun:
                                      (self.sizes[selected] * alg.client.epochs).tolist(),
                                      self.bytes_down, self.bytes_up, k=k)
         done = list(sched.completed)
-        self.rejected = 0
+        self.rejected = self.honest_rejected = 0
         t0 = time.perf_counter()
         train_loss, agg_wall = (self._update(rnd, done) if done else (None, 0.0))
         train_wall = time.perf_counter() - t0 - agg_wall
@@ -250,6 +251,7 @@ class FederatedRun:
         t0 = time.perf_counter()
         rows, actx, self.rejected = reject_nonfinite(rows, ctx._replace(gen=self.gens["aggregate"]))
         self.rejected_rows += self.rejected
+        self.honest_rejected = int((~ctx.byzantine).sum() - (~actx.byzantine).sum())
         if rows.shape[0]:  # every row rejected: the round applies no update
             agg, st["aggregate"] = alg.aggregate.aggregate(rows, st["aggregate"], actx)
             self.not_converged_rounds += _not_converged(st["aggregate"])
@@ -259,8 +261,13 @@ class FederatedRun:
         return float((res.losses * w).sum() / w.sum()), agg_wall
 
     def _check_finite(self, rnd: int) -> None:
-        from fedsim.divergence import check_finite
+        from fedsim.divergence import check_finite, warn
 
+        if self.diverged_round is None and self.honest_rejected:
+            self.diverged_round = rnd
+            warn(f"{self.sc.name}: {self.honest_rejected} honest clients' updates were non-finite "
+                 f"at round {rnd} and were rejected (local training diverged; try a smaller "
+                 "algorithm.lr)")
         self.diverged_round = check_finite(
             self.params, rnd, self.diverged_round,
             f"{self.sc.name}: the global model has non-finite values at round {rnd} "

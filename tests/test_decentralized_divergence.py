@@ -36,15 +36,25 @@ def test_a_stable_run_has_no_diverged_round(tmp_path, variant):
     assert res.summary["diverged_round"] is None
 
 
-def test_federated_runner_uses_the_same_check():
-    # (end to end, the federated runner now rejects non-finite client rows before they
-    # reach the global model; its check still guards the model)
+def test_federated_divergence_is_reported_although_the_bad_rows_are_rejected(tmp_path):
+    # lr = 1e30: every client's local SGD overflows; the rows are rejected before they reach
+    # the global model (which stays finite), and the run still says it diverged
+    path = write(tmp_path, n=4, rounds=2, lr=1e30, model="mlp")
+    with pytest.warns(FedsimWarning, match=r"^dec: 4 honest clients' updates were non-finite "
+                                           r"at round 1 and were rejected \(local training"):
+        (res,) = run(path, tmp_path / "out", "fedavg")
+    assert res.summary["diverged_round"] == 1
+    assert res.summary["rejected_rows"] == 8  # 4 clients x 2 rounds
+    assert bool(torch.isfinite(res.final_params).all())
+
+
+def test_federated_runner_checks_the_global_model():
     from types import SimpleNamespace
 
     from fedsim.runners import FederatedRun
 
     run_ = SimpleNamespace(sc=SimpleNamespace(name="fed"), diverged_round=None,
-                           params=torch.tensor([0.0, float("inf")]))
+                           honest_rejected=0, params=torch.tensor([0.0, float("inf")]))
     with pytest.warns(FedsimWarning, match=r"^fed: the global model has non-finite values "
                                            r"at round 7 \(diverged"):
         FederatedRun._check_finite(run_, 7)
@@ -98,19 +108,24 @@ def test_cli_divergence_warning_is_one_line(tmp_path):
     assert "warnings.warn" not in out.stderr and "UserWarning" not in out.stderr
 
 
-def _metrics_with_threads(tmp_path: Path, threads: int, variant: str) -> bytes:
+def _metrics_with_threads(tmp_path: Path, threads: int, variant: str, *overrides) -> bytes:
     path = write(tmp_path, n=6, rounds=5, model="mlp")
     out = tmp_path / f"t{threads}"
     env = {**os.environ, "FEDSIM_TORCH_THREADS": str(threads)}
+    sets = [arg for o in overrides for arg in ("--set", o)]
     subprocess.run([sys.executable, "-m", "fedsim", "run", str(path), "--quiet", "--variant",
-                    variant, "--out", str(out)], check=True, capture_output=True, env=env,
-                   cwd=tmp_path)
+                    variant, "--out", str(out), *sets], check=True, capture_output=True,
+                   env=env, cwd=tmp_path)
     (run_dir,) = [p.parent for p in out.rglob("metrics.csv")]
-    return (run_dir / "metrics.csv").read_bytes() + (run_dir / "consensus.csv").read_bytes()
+    files = [run_dir / "metrics.csv", run_dir / "consensus.csv"]
+    return b"".join(f.read_bytes() for f in files if f.exists())
 
 
-@pytest.mark.parametrize("variant", ["gossip_sgd", "accelerated_gossip_sgd"])
-def test_asynchronous_results_do_not_depend_on_the_thread_count(tmp_path, variant):
-    one = _metrics_with_threads(tmp_path, 1, variant)
-    two = _metrics_with_threads(tmp_path, 2, variant)
+@pytest.mark.parametrize("variant, overrides", [
+    ("gossip_sgd", ()), ("accelerated_gossip_sgd", ()),
+    ("fedavg", ("clients_per_round=1",)),  # one client: one matrix product MKL would split
+])
+def test_results_do_not_depend_on_the_thread_count(tmp_path, variant, overrides):
+    one = _metrics_with_threads(tmp_path, 1, variant, *overrides)
+    two = _metrics_with_threads(tmp_path, 2, variant, *overrides)
     assert one == two

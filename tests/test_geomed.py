@@ -200,7 +200,27 @@ def test_the_start_is_the_coordinate_median_and_far_rows_do_not_move_it():
                          [1.02, 1.97], [1e30, 0.0], [-1e30, 0.0], [0.0, 1e30]])
     start = torch.tensor([1.0, 1.97])  # per coordinate the 5th of 9 values, not a row
     v, info = geometric_median_rows(rows, maxiter=1, ftol=0.0, trace=True)
-    assert info.iterations == 1 and not info.converged  # honest flag: maxiter ran out
-    assert float((v - torch.tensor([1.0, 2.0])).norm()) <= 0.1
+    # (1, 2) is the exact median: the other rows pull it by 0.064 < its weight 1/9 (Kuhn's test)
+    assert info.iterations == 1 and info.converged
+    assert torch.equal(v, rows[0])
     g0 = float(torch.linalg.vector_norm(rows.double() - start.double(), dim=1).mean())
     assert info.objectives[0] == pytest.approx(g0, rel=1e-6)
+
+
+def test_converged_is_false_when_maxiter_runs_out():
+    """A median between the rows (no row passes Kuhn's test), one update allowed, ftol 0."""
+    rows = torch.tensor([[0.0, 0.0], [4.0, 0.0], [2.0, 3.4], [1e20, 1e20]])
+    v, info = geometric_median_rows(rows, maxiter=1, ftol=0.0)
+    assert info.iterations == 1 and not info.converged
+    v, info = geometric_median_rows(rows, maxiter=500)
+    assert info.converged and info.iterations < 500
+    assert not any(torch.equal(v, r) for r in rows)
+
+
+def test_a_row_that_is_the_median_is_returned_exactly():
+    """Weiszfeld only creeps towards a median at a row (the 4-row case hypothesis found);
+    Kuhn's test on the nearest row ends it at once: pull 0.24997 < weight 0.25 at row 1."""
+    rows = torch.tensor([[-4.3413, 6.8808], [-3.2522, 5.1824], [0.1003, -0.0555],
+                         [-3.9040, 6.6067]])
+    v, info = geometric_median_rows(rows, maxiter=100)
+    assert torch.equal(v, rows[1]) and info.converged and info.iterations == 1

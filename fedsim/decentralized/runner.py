@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import csv
 import time
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -337,27 +336,6 @@ def train_rows(pop, starts: Tensor, indices: list[Tensor], *, lr: float, epochs:
         ``(rows [m, d] after local SGD, losses [m])``.
     """
     shared = bool((starts == starts[:1]).all())
-    with _one_thread_for_one_client(len(indices), starts.device):
-        res = pop.train(starts[0] if shared else starts, indices, lr=lr, epochs=epochs,
-                        batch_size=batch_size, gen=gen)
+    res = pop.train(starts[0] if shared else starts, indices, lr=lr, epochs=epochs,
+                    batch_size=batch_size, gen=gen)
     return starts + res.updates, res.losses
-
-
-@contextmanager
-def _one_thread_for_one_client(m: int, device: torch.device):
-    """A lone client trains on one CPU thread, so results do not depend on the thread count.
-
-    A batch of one client's products is a single matrix product, which MKL splits across
-    threads (changing its summation order) when ``FEDSIM_TORCH_THREADS > 1``; batches of
-    two or more are split by client, each product on one thread. The asynchronous
-    runners train one node at a time whenever an event batch holds a single step.
-    """
-    threads = torch.get_num_threads()
-    if m != 1 or threads == 1 or device.type != "cpu":
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

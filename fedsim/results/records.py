@@ -172,6 +172,7 @@ class RunWriter:
 
     def __init__(self, run_dir: Path | str):
         self.run_dir = Path(run_dir)
+        self._outer_error = sys.exc_info()[1]  # a caller's handled error is not this run's
         self.closed = True
         self._files: dict[str, Any] = {}
         self._sizes: dict[str, int] = {}
@@ -278,6 +279,8 @@ class RunWriter:
             OutputError: it cannot be written (and no other error is propagating).
         """
         pending = sys.exc_info()[1]
+        if pending is self._outer_error:  # written inside a caller's ``except``: not ours
+            pending = None
         summary = {STATUS_KEY: _status(pending), **summary}
         try:
             self._write_json(SUMMARY_JSON, summary)

@@ -114,6 +114,52 @@ def _rounding_floor(v: Tensor, scale: float, dtype: torch.dtype) -> float:
     return 16 * torch.finfo(dtype).eps * (float(row_norms(v[None])[0]) + scale)
 
 
+def _pull(updates: Tensor, alpha: Tensor, v: Tensor, dist: Tensor, nu: float,
+          floor: float) -> tuple[Tensor, float, float]:
+    """Weiszfeld's target from ``v``, the weight ``eta`` at ``v``, and the others' pull.
+
+    Rows within the rounding ``floor`` of ``v`` (total weight ``eta``) are left out of the
+    weighted mean ``T`` (weights ``beta_i = alpha_i / max(nu, ||w_i - v||)``); the pull is
+    ``r = ||sum_i beta_i (w_i - v)||``, the length of the objective's descent direction.
+
+    Returns:
+        ``(T [d], eta, r)``; ``T`` is ``v`` when every row lies within the floor of ``v``.
+    """
+    at = dist <= floor
+    beta = torch.where(at, torch.zeros_like(alpha), alpha / dist.clamp_min(nu))  # [m]
+    total = beta.sum()
+    eta = float(alpha[at].sum())
+    if not total > 0:  # every row within rounding of v
+        return v, eta, 0.0
+    target = _combine(updates, beta / total)  # [d]
+    return target, eta, float(total) * float(row_norms((target - v)[None])[0])
+
+
+def _weiszfeld_step(updates: Tensor, alpha: Tensor, v: Tensor, dist: Tensor, nu: float,
+                    floor: float) -> Tensor:
+    """One Weiszfeld update from ``v``, modified at a row (Vardi and Zhang's step).
+
+    ``v + (1 - min(1, eta / r)) (T - v)`` with ``_pull``'s ``T, eta, r``: plain Weiszfeld
+    away from the rows, and no move from a row that is a geometric median (``r <= eta``).
+    """
+    target, eta, pull = _pull(updates, alpha, v, dist, nu, floor)
+    if eta == 0.0:
+        return target
+    keep = min(1.0, eta / pull) if pull > 0 else 1.0
+    return v if keep == 1.0 else target - keep * (target - v)
+
+
+def _row_is_median(updates: Tensor, alpha: Tensor, k: int, nu: float, floor: float) -> bool:
+    """Kuhn's test with a margin: the other rows pull row ``k`` less than its own weight.
+
+    A strict margin (1e-4) leaves ties (a non-unique median, e.g. two equal halves on a
+    line) to the iterations, and rounding in float32 cannot pass a row that fails.
+    """
+    row = updates[k]
+    _, eta, pull = _pull(updates, alpha, row, _distances(updates, row), nu, floor)
+    return pull <= (1 - 1e-4) * eta
+
+
 def geometric_median_rows(
     updates: Tensor,
     weights: Tensor | None = None,
@@ -129,15 +175,21 @@ def geometric_median_rows(
         s <- the weighted median of ||w_i - v||           (the honest scale)
         if s = 0: return v            (half the weight sits at v: v is a geometric median)
         repeat up to maxiter times:
-            beta_i <- alpha_i / max(nu, ||v - w_i||)
-            v' <- sum_i beta_i w_i / sum_i beta_i
+            beta_i <- alpha_i / max(nu, ||v - w_i||)      (0 for rows at v)
+            v' <- sum_i beta_i w_i / sum_i beta_i         (Vardi-Zhang's step when v is a row)
+            if the row w_k nearest v' passes Kuhn's test: v' <- w_k
             stop when ||v' - v|| <= ftol * s + (rounding floor);  v <- v'
 
     Nothing here grows with the outliers' distance: less than half the weight cannot move
     the start or ``s`` farther than the honest rows' spread, distances are computed without
     squaring overflow (``row_norms``, float64), a far row's tiny weight is summed in float64,
     and the stopping rule measures the estimate's own movement against ``s``, not a change
-    of the objective (which outliers at distance R inflate to about R). The rounding floor,
+    of the objective (which outliers at distance R inflate to about R). Weiszfeld stalls at
+    a row that is not the median and creeps (sublinearly) towards one that is: Vardi and
+    Zhang's step leaves a row unless it passes Kuhn's test (the pull of the other rows is at
+    most its own weight), and the row nearest the estimate is put to that test (once per
+    row: the test does not depend on the estimate) and taken as the answer if it passes.
+    The rounding floor,
     16 machine epsilons times ``||v|| + s``, ends the iterations once the moves are at
     rounding level. ``converged`` is False when ``maxiter`` ran out first.
 
@@ -162,7 +214,9 @@ def geometric_median_rows(
 
     References: Pillutla, Kakade, Harchaoui, "Robust Aggregation for Federated Learning",
     IEEE Transactions on Signal Processing 70 (2022), smoothed Weiszfeld algorithm (RFA);
-    Weiszfeld (1937); Minsker, "Geometric median and robust estimation in Banach spaces",
+    Weiszfeld (1937); Kuhn, "A note on Fermat's problem", Math. Programming 4 (1973);
+    Vardi and Zhang, "The multivariate L1-median and associated data depth", PNAS 97 (2000);
+    Minsker, "Geometric median and robust estimation in Banach spaces",
     Bernoulli 21 (2015) (the median of distances as a robust scale).
     """
     check_gm_params(nu, maxiter, ftol)
@@ -176,14 +230,19 @@ def geometric_median_rows(
     floor = _rounding_floor(v, scale, updates.dtype)
     if scale <= floor:  # half the weight within rounding of v: v is a geometric median
         return v, GMInfo(0, True, objective, tuple(objectives) if trace else ())
-    iterations, converged = 0, False
+    iterations, converged, tested = 0, False, set()
     while iterations < maxiter and not converged:
         iterations += 1
-        beta = alpha / dist.clamp_min(nu)  # [m]
-        new = _combine(updates, beta / beta.sum())  # [d]
+        new = _weiszfeld_step(updates, alpha, v, dist, nu, floor)  # [d]
         step = float(row_norms((new - v)[None])[0])
         v = new
         dist = _distances(updates, v)
+        k = int(torch.argmin(dist))
+        if k not in tested:  # is the nearest row the median? (Kuhn's test, once per row)
+            tested.add(k)
+            if _row_is_median(updates, alpha, k, nu, floor):
+                v, step = updates[k].clone(), 0.0
+                dist = _distances(updates, v)
         objective = float(alpha @ dist)
         objectives.append(objective)
         converged = step <= ftol * scale + floor
