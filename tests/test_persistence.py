@@ -113,6 +113,17 @@ def test_a_finished_run_says_complete(work, capsys):
     assert assert_consistent(work / "out" / "tiny") == 3
 
 
+def test_a_run_inside_a_callers_except_block_says_complete(work):
+    """The caller's handled error is not the run's: its status is still "complete"."""
+    from fedsim.study import run_file
+
+    try:
+        raise KeyboardInterrupt  # e.g. a retry loop around run_file
+    except KeyboardInterrupt:
+        run_file("tiny.toml", output_dir="out", progress=False, log=None)
+    assert summary(work / "out" / "tiny")["status"] == "complete"
+
+
 def test_a_started_run_says_running_until_it_ends(tmp_path):
     """What a SIGKILLed run leaves: its summary says "running", the rows written are whole."""
     writer = RunWriter(tmp_path / "run")
