@@ -172,21 +172,8 @@ def _kill(pid: int) -> None:
         pass
 
 
-def test_a_bench_child_dies_with_its_parent(tmp_path):
-    """The clock bench's child process (a timing loop that would run for hours) ends when
-    its parent is killed with SIGKILL, instead of running on at 100% CPU."""
-    parent_code = textwrap.dedent("""
-        import json, subprocess, sys
-        from fedsim.bench.clock_bench import Workload
-        from fedsim.bench.processes import child_env_of_this_process
-        w = Workload(clients=50)
-        cmd = [sys.executable, "-m", "fedsim.bench.clock_bench", "--mode", "timing",
-               "--workload", json.dumps(vars(w)), "--repeats", "1000000000"]
-        child = subprocess.Popen(cmd, env=child_env_of_this_process(),
-                                 stdout=subprocess.DEVNULL)
-        print(child.pid, flush=True)
-        child.wait()
-    """)
+def _assert_child_dies_with_parent(tmp_path, parent_code: str) -> None:
+    """Run ``parent_code`` (it prints its child's PID), SIGKILL it: the child must end too."""
     parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE,
                               text=True, cwd=tmp_path)
     child_pid = None
@@ -203,6 +190,24 @@ def test_a_bench_child_dies_with_its_parent(tmp_path):
             _kill(child_pid)
         parent.wait(10)
         parent.stdout.close()
+
+
+def test_a_bench_child_dies_with_its_parent(tmp_path):
+    """The clock bench's child process (a timing loop that would run for hours) ends when
+    its parent is killed with SIGKILL, instead of running on at 100% CPU."""
+    parent_code = textwrap.dedent("""
+        import json, subprocess, sys
+        from fedsim.bench.clock_bench import Workload
+        from fedsim.bench.processes import child_env_of_this_process
+        w = Workload(clients=50)
+        cmd = [sys.executable, "-m", "fedsim.bench.clock_bench", "--mode", "timing",
+               "--workload", json.dumps(vars(w)), "--repeats", "1000000000"]
+        child = subprocess.Popen(cmd, env=child_env_of_this_process(),
+                                 stdout=subprocess.DEVNULL)
+        print(child.pid, flush=True)
+        child.wait()
+    """)
+    _assert_child_dies_with_parent(tmp_path, parent_code)
 
 
 def test_die_with_parent_when_the_parent_is_already_gone(tmp_path):
@@ -234,19 +239,4 @@ def test_a_child_that_ignores_the_soft_signal_is_killed(tmp_path):
         print(child.pid, flush=True)
         time.sleep(120)
     """)
-    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE,
-                              text=True, cwd=tmp_path)
-    child_pid = None
-    try:
-        child_pid = int(parent.stdout.readline())
-        time.sleep(2.0)
-        assert not _gone(child_pid, 0.0)
-        parent.kill()
-        parent.wait(10)
-        assert _gone(child_pid, 15.0)
-    finally:
-        _kill(parent.pid)
-        if child_pid is not None:
-            _kill(child_pid)
-        parent.wait(10)
-        parent.stdout.close()
+    _assert_child_dies_with_parent(tmp_path, parent_code)
