@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsim.errors import ScenarioError
-from fedsim.stages.geomed import GMInfo, geometric_median, geometric_median_rows
+from fedsim.stages.geomed import KUHN_TEST_FROM, GMInfo, geometric_median, geometric_median_rows
 
 SETTINGS = settings(max_examples=40, deadline=None)
 TIGHT = dict(nu=1e-12, maxiter=5000, ftol=1e-15)  # close to the exact median
@@ -200,9 +200,8 @@ def test_the_start_is_the_coordinate_median_and_far_rows_do_not_move_it():
                          [1.02, 1.97], [1e30, 0.0], [-1e30, 0.0], [0.0, 1e30]])
     start = torch.tensor([1.0, 1.97])  # per coordinate the 5th of 9 values, not a row
     v, info = geometric_median_rows(rows, maxiter=1, ftol=0.0, trace=True)
-    # (1, 2) is the exact median: the other rows pull it by 0.064 < its weight 1/9 (Kuhn's test)
-    assert info.iterations == 1 and info.converged
-    assert torch.equal(v, rows[0])
+    assert info.iterations == 1 and not info.converged  # honest flag: maxiter ran out
+    assert float((v - torch.tensor([1.0, 2.0])).norm()) <= 0.1
     g0 = float(torch.linalg.vector_norm(rows.double() - start.double(), dim=1).mean())
     assert info.objectives[0] == pytest.approx(g0, rel=1e-6)
 
@@ -219,8 +218,9 @@ def test_converged_is_false_when_maxiter_runs_out():
 
 def test_a_row_that_is_the_median_is_returned_exactly():
     """Weiszfeld only creeps towards a median at a row (the 4-row case hypothesis found);
-    Kuhn's test on the nearest row ends it at once: pull 0.24997 < weight 0.25 at row 1."""
+    Kuhn's test on the nearest row, from the 10th update on, ends it: pull 0.24997 < weight
+    0.25 at row 1."""
     rows = torch.tensor([[-4.3413, 6.8808], [-3.2522, 5.1824], [0.1003, -0.0555],
                          [-3.9040, 6.6067]])
     v, info = geometric_median_rows(rows, maxiter=100)
-    assert torch.equal(v, rows[1]) and info.converged and info.iterations == 1
+    assert torch.equal(v, rows[1]) and info.converged and info.iterations == KUHN_TEST_FROM

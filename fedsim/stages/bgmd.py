@@ -64,16 +64,29 @@ def _check_params(k_fraction: float, selection: str, memory: bool | str) -> None
 def column_sq_norms(updates: Tensor, shift: Tensor | None = None) -> Tensor:
     """``||G[:, j]||^2`` for ``G = updates + shift`` (shift broadcast to every row), ``[d]``.
 
-    Accumulated row by row in float64, which never builds ``G``, is faster on CPU than a
-    reduction over dim 0, and does not overflow for float32 rows (a square of 1e20 would).
+    Accumulated row by row, which never builds ``G`` and is faster on CPU than a reduction
+    over dim 0; in the rows' dtype, and again in float64 when a square overflowed it (a
+    float32 entry beyond about 1e19).
     """
-    acc = torch.zeros(updates.shape[1], dtype=torch.float64, device=updates.device)
+    acc = _accumulate_squares(updates, shift, updates.dtype)
+    if not bool(torch.isfinite(acc).all()):
+        acc = _accumulate_squares(updates, shift, torch.float64)
+    return acc
+
+
+def _accumulate_squares(updates: Tensor, shift: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """``sum_i (u_i + shift)^2`` per column, accumulated in ``dtype``."""
+    acc = torch.zeros(updates.shape[1], dtype=dtype, device=updates.device)
     row = torch.empty_like(acc)
+    shift = None if shift is None else shift.to(dtype)
     for u in updates:
+        if shift is None and u.dtype == dtype:
+            acc.addcmul_(u, u)
+            continue
         if shift is None:
             row.copy_(u)
         else:
-            torch.add(u.double(), shift, out=row)
+            torch.add(u.to(dtype), shift, out=row)
         acc.addcmul_(row, row)
     return acc
 
