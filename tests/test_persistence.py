@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import fedsim.decentralized.runner as decentralized_runner
 import fedsim.results.output as output
 import fedsim.results.records as records
 from fedsim.cli import main
@@ -41,6 +42,9 @@ name = "logreg"
 lr = 0.1
 batch_size = 5
 """
+DEC = (TINY.replace('name = "tiny"', 'name = "dec"')
+       .replace("[algorithm]\n", '[algorithm]\nname = "dsgd"\n')
+       + '[network]\ntopology = "ring"\ntopology_params = { n = 6 }\n')
 VARIANTS = TINY + '[variants.a]\nalgorithm.lr = 0.1\n[variants.b]\nalgorithm.lr = 0.2\n'
 METRIC_FILES = ("metrics.csv", "metrics.jsonl", "timing.csv")
 
@@ -92,7 +96,8 @@ def summary(run_dir: Path) -> dict:
 def assert_consistent(run_dir: Path) -> int:
     """The three metric files hold whole lines and the same number of rounds; returns it."""
     counts = set()
-    for name in METRIC_FILES:
+    for name in METRIC_FILES + (("consensus.csv",) if (run_dir / "consensus.csv").exists()
+                                else ()):
         text = (run_dir / name).read_text(encoding="utf-8")
         assert text == "" or text.endswith("\n"), (name, text[-40:])
         lines = text.splitlines()
@@ -311,30 +316,34 @@ def install_disk(monkeypatch, disk: Disk) -> None:
 
     monkeypatch.setattr(records, "_write_bytes", write_bytes)
     monkeypatch.setattr(output, "open", limited_open, raising=False)
+    monkeypatch.setattr(decentralized_runner, "open", limited_open, raising=False)
 
 
-_FULL_SIZE: list[int] = []
+_FULL_SIZE: dict[str, int] = {}
 
 
-def full_run_bytes(work: Path, monkeypatch, capsys) -> int:
-    """Bytes a whole tiny run writes through the disk (measured once)."""
-    if not _FULL_SIZE:
+def full_run_bytes(work: Path, monkeypatch, capsys, name: str) -> int:
+    """Bytes a whole run of ``name``.toml writes through the disk (measured once)."""
+    if name not in _FULL_SIZE:
         disk = Disk(float("inf"))
         install_disk(monkeypatch, disk)
-        assert cli(capsys, "run", "tiny.toml", "--out", "measure", "--quiet")[0] == 0
-        _FULL_SIZE.append(disk.used)
+        assert cli(capsys, "run", f"{name}.toml", "--out", "measure", "--quiet")[0] == 0
+        _FULL_SIZE[name] = disk.used
         monkeypatch.undo()
         monkeypatch.chdir(work)
-    return _FULL_SIZE[0]
+    return _FULL_SIZE[name]
 
 
+@pytest.mark.parametrize("name", ["tiny", "dec"])  # federated, and D-SGD with consensus.csv
 @pytest.mark.parametrize("fraction", [0.0, 0.02, 0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99])
-def test_a_full_disk_stops_with_one_line_and_whole_rows(work, capsys, monkeypatch, fraction):
-    total = full_run_bytes(work, monkeypatch, capsys)
+def test_a_full_disk_stops_with_one_line_and_whole_rows(work, capsys, monkeypatch, fraction,
+                                                         name):
+    (work / "dec.toml").write_text(DEC)
+    total = full_run_bytes(work, monkeypatch, capsys, name)
     install_disk(monkeypatch, Disk(int(fraction * total)))
-    code, _, err = cli(capsys, "run", "tiny.toml", "--out", "out", "--quiet")
+    code, _, err = cli(capsys, "run", f"{name}.toml", "--out", "out", "--quiet")
     assert_one_line_error(code, err, "No space left on device")
-    run_dir = work / "out" / "tiny"
+    run_dir = work / "out" / name
     rows = assert_consistent(run_dir)
     assert 0 <= rows <= 3
     if rows > 0:

@@ -34,7 +34,6 @@ References:
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -81,31 +80,26 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
     """
     wall_start = time.perf_counter()
     run = DecentralizedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data)
-    writer = RunWriter(run_dir)
+    writer = RunWriter(run_dir, extra_csv={CONSENSUS_CSV: ("round", "sim_time_s", *NODE_FIELDS)})
     writer.write_scenario(to_dict(sc))
     bar = Progress(sc.rounds, label=label or sc.name, enabled=progress)
     records: list[RoundRecord] = []
     spread: list[dict] = []
+    last = [time.perf_counter()]
+
+    def emit(record: RoundRecord, nodes: dict, walls: dict) -> None:
+        now = time.perf_counter()
+        consensus = (record.round, repr(record.sim_time_s),
+                     *("" if nodes[k] is None else repr(nodes[k]) for k in NODE_FIELDS))
+        writer.append(record, wall_time_s=now - last[0], extra={CONSENSUS_CSV: consensus},
+                      **walls)
+        records.append(record)  # after its rows are written: the summary counts it
+        last[0] = now
+        spread.append(nodes)
+        bar.update(record.round, record.sim_time_s, record.test_accuracy)
+
     try:
-        with open(Path(run_dir) / CONSENSUS_CSV, "w", encoding="utf-8", newline="") as fh:
-            rows = csv.writer(fh, lineterminator="\n")
-            rows.writerow(("round", "sim_time_s", *NODE_FIELDS))
-            fh.flush()
-            last = [time.perf_counter()]
-
-            def emit(record: RoundRecord, nodes: dict, walls: dict) -> None:
-                now = time.perf_counter()
-                writer.append(record, wall_time_s=now - last[0], **walls)
-                records.append(record)  # after its row is written: the summary counts it
-                last[0] = now
-                rows.writerow((record.round, repr(record.sim_time_s),
-                               *("" if nodes[k] is None else repr(nodes[k])
-                                 for k in NODE_FIELDS)))
-                fh.flush()
-                spread.append(nodes)
-                bar.update(record.round, record.sim_time_s, record.test_accuracy)
-
-            run.play(emit)
+        run.play(emit)
     finally:
         bar.close()
         summary = summarize([asdict(r) for r in records])

@@ -24,7 +24,7 @@ import numbers
 import operator
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from types import TracebackType
@@ -165,12 +165,15 @@ class RunWriter:
     Args:
         run_dir: the run's directory; created with its parents if missing.
             Existing metrics files in it are overwritten.
+        extra_csv: more per-round CSV files, name -> header (e.g. the decentralized
+            runner's ``consensus.csv``); ``append``'s ``extra`` gives their rows, which
+            are written with the round's others, all or none.
 
     Raises:
         OutputError (a FedsimError): the directory or its files cannot be written.
     """
 
-    def __init__(self, run_dir: Path | str):
+    def __init__(self, run_dir: Path | str, extra_csv: Mapping[str, Sequence[str]] | None = None):
         self.run_dir = Path(run_dir)
         self._outer_error = sys.exc_info()[1]  # a caller's handled error is not this run's
         self.closed = True
@@ -178,15 +181,17 @@ class RunWriter:
         self._sizes: dict[str, int] = {}
         ensure_dir(self.run_dir)
         self.closed = False
+        extra_csv = dict(extra_csv or {})
         try:
-            for name in (METRICS_CSV, METRICS_JSONL, TIMING_CSV):
+            for name in (METRICS_CSV, METRICS_JSONL, TIMING_CSV, *extra_csv):
                 self._files[name] = self._open(name)
                 self._sizes[name] = 0
         except OSError as err:
             self.close()
             raise output_error(self.run_dir / name, err) from None
         self._write_rows({METRICS_CSV: _csv_line(METRIC_FIELDS),
-                          TIMING_CSV: _csv_line(TIMING_FIELDS)})
+                          TIMING_CSV: _csv_line(TIMING_FIELDS),
+                          **{name: _csv_line(header) for name, header in extra_csv.items()}})
         self._write_json(SUMMARY_JSON, {STATUS_KEY: "running"})
 
     def _open(self, name: str):
@@ -238,8 +243,10 @@ class RunWriter:
         train_wall_s: float = 0.0,
         eval_wall_s: float = 0.0,
         aggregate_wall_s: float = 0.0,
+        extra: Mapping[str, Iterable[Any]] | None = None,
     ) -> None:
-        """Write one round to metrics.csv, metrics.jsonl and timing.csv (all or none).
+        """Write one round to metrics.csv, metrics.jsonl, timing.csv and the ``extra_csv``
+        files (all or none).
 
         Args:
             record: the round's simulated metrics.
@@ -247,6 +254,7 @@ class RunWriter:
             train_wall_s: of which training.
             eval_wall_s: of which evaluation.
             aggregate_wall_s: of which the server's aggregation.
+            extra: the round's row (cells) for each ``extra_csv`` file.
 
         Raises:
             OutputError: the disk is full (or another write error); the files keep
@@ -261,6 +269,7 @@ class RunWriter:
             METRICS_CSV: _csv_line([_fmt(v) for v in row.values()]),
             METRICS_JSONL: json.dumps(row) + "\n",
             TIMING_CSV: _csv_line([_fmt(v) for v in timing]),
+            **{name: _csv_line(cells) for name, cells in (extra or {}).items()},
         })
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
