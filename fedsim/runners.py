@@ -121,6 +121,7 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         return run_decentralized(sc, run_dir, base_dir, progress, label, data)
     wall_start = time.perf_counter()
     run = FederatedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data)
+    run.label = label or sc.name  # names the run in its warnings
     writer = RunWriter(run_dir)
     writer.write_scenario(to_dict(sc))
     bar = Progress(sc.rounds, label=label or sc.name, enabled=progress)
@@ -156,6 +157,7 @@ class FederatedRun:
         from fedsim.data import load_federated
 
         self.sc = sc
+        self.label = sc.name  # names the run in its warnings (run_scenario sets it)
         self.device = resolve_device(sc.device)
         configure_threads(self.device)
         if data is None:
@@ -265,12 +267,12 @@ class FederatedRun:
 
         if self.diverged_round is None and self.honest_rejected:
             self.diverged_round = rnd
-            warn(f"{self.sc.name}: {self.honest_rejected} honest clients' updates were non-finite "
+            warn(f"{self.label}: {self.honest_rejected} honest clients' updates were non-finite "
                  f"at round {rnd} and were rejected (local training diverged; try a smaller "
                  "algorithm.lr)")
         self.diverged_round = check_finite(
             self.params, rnd, self.diverged_round,
-            f"{self.sc.name}: the global model has non-finite values at round {rnd} "
+            f"{self.label}: the global model has non-finite values at round {rnd} "
             "(diverged; try a smaller algorithm.lr or a robust aggregator)")
 
     def summary(self) -> dict:

@@ -40,8 +40,8 @@ def test_federated_divergence_is_reported_although_the_bad_rows_are_rejected(tmp
     # lr = 1e30: every client's local SGD overflows; the rows are rejected before they reach
     # the global model (which stays finite), and the run still says it diverged
     path = write(tmp_path, n=4, rounds=2, lr=1e30, model="mlp")
-    with pytest.warns(FedsimWarning, match=r"^dec: 4 honest clients' updates were non-finite "
-                                           r"at round 1 and were rejected \(local training"):
+    with pytest.warns(FedsimWarning, match=r"^dec/fedavg: 4 honest clients' updates were "
+                                           r"non-finite at round 1 and were rejected \(local"):
         (res,) = run(path, tmp_path / "out", "fedavg")
     assert res.summary["diverged_round"] == 1
     assert res.summary["rejected_rows"] == 8  # 4 clients x 2 rounds
@@ -53,7 +53,7 @@ def test_federated_runner_checks_the_global_model():
 
     from fedsim.runners import FederatedRun
 
-    run_ = SimpleNamespace(sc=SimpleNamespace(name="fed"), diverged_round=None,
+    run_ = SimpleNamespace(label="fed", diverged_round=None,
                            honest_rejected=0, params=torch.tensor([0.0, float("inf")]))
     with pytest.warns(FedsimWarning, match=r"^fed: the global model has non-finite values "
                                            r"at round 7 \(diverged"):
@@ -103,8 +103,8 @@ def test_cli_divergence_warning_is_one_line(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0
     warned = [line for line in out.stderr.splitlines() if "non-finite" in line]
-    assert warned == ["fedsim: warning: dec: the node models have non-finite values at round 1 "
-                      "(diverged; try a smaller algorithm.lr)"]
+    assert warned == ["fedsim: warning: dec/gossip_sgd: the node models have non-finite values at "
+                      "round 1 (diverged; try a smaller algorithm.lr)"]
     assert "warnings.warn" not in out.stderr and "UserWarning" not in out.stderr
 
 

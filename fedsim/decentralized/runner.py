@@ -80,6 +80,7 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
     """
     wall_start = time.perf_counter()
     run = DecentralizedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data)
+    run.label = label or sc.name  # names the run in its warnings
     writer = RunWriter(run_dir, extra_csv={CONSENSUS_CSV: ("round", "sim_time_s", *NODE_FIELDS)})
     writer.write_scenario(to_dict(sc))
     bar = Progress(sc.rounds, label=label or sc.name, enabled=progress)
@@ -129,6 +130,7 @@ class DecentralizedRun:
             raise ScenarioError("algorithm.name", f"{sc.algorithm.name!r} is not decentralized; "
                                 f"allowed: {', '.join(DECENTRALIZED_ALGORITHMS)}")
         self.sc = sc
+        self.label = sc.name  # names the run in its warnings (run_decentralized sets it)
         self.base_dir = base_dir
         self.device = resolve_device(sc.device)
         configure_threads(self.device)
@@ -227,7 +229,7 @@ class DecentralizedRun:
                       "batches": sum(len(s) for s in plan.segments)}
         edges = self.graph.number_of_edges()  # about one exchange per edge may be in flight
         if sched.unfinished > max(edges, 0.05 * (self.facts["exchanges"] + sched.unfinished)):
-            warn(f"{sc.name}: {sched.unfinished} exchanges were still queued at the end (mean "
+            warn(f"{self.label}: {sched.unfinished} exchanges were still queued at the end (mean "
                  f"wait {self.facts['exchange_wait_mean_s']:.3g} s): the links cannot keep up; "
                  "lower algorithm.gossip_rate or raise network.bandwidth_bps")
         if eta is not None:
@@ -267,7 +269,7 @@ class DecentralizedRun:
         t0 = time.perf_counter()
         self.diverged_round = check_finite(
             self.x, rnd, self.diverged_round,
-            f"{sc.name}: the node models have non-finite values at round {rnd} (diverged; "
+            f"{self.label}: the node models have non-finite values at round {rnd} (diverged; "
             "try a smaller algorithm.lr)")
         test_loss = test_acc = None
         nodes = {"consensus_distance": mean_consensus_distance(self.x),
