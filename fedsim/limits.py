@@ -109,35 +109,32 @@ def check_bandwidth(value: Any, key: str, *, zero_ok: bool = False) -> float:
     return float(value)
 
 
-def check_int64(value: Any, key: str) -> None:
-    """Every integer inside ``value`` (nested tables and lists too) fits int64."""
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise ScenarioError(key, f"integer out of range (TOML integers are 64-bit: "
-                                     f"-2^63 .. 2^63-1), got {_short_int(value)}")
-    elif isinstance(value, Mapping):
+def _leaves(value: Any, key: str):
+    """``(dotted key, value)`` for every leaf inside nested tables and lists."""
+    if isinstance(value, Mapping):
         for k, v in value.items():
-            check_int64(v, f"{key}.{k}")
+            yield from _leaves(v, f"{key}.{k}")
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            check_int64(v, f"{key}[{i}]")
+            yield from _leaves(v, f"{key}[{i}]")
+    else:
+        yield key, value
+
+
+def check_int64(value: Any, key: str) -> None:
+    """Every integer inside ``value`` (nested tables and lists too) fits int64."""
+    for k, v in _leaves(value, key):
+        if isinstance(v, int) and not isinstance(v, bool) and not INT64_MIN <= v <= INT64_MAX:
+            raise ScenarioError(k, f"integer out of range (TOML integers are 64-bit: "
+                                   f"-2^63 .. 2^63-1), got {_short_int(v)}")
 
 
 def check_tensor_table(value: Any, key: str) -> None:
     """Every number inside a free-form table (attack or aggregator parameters) is finite in
     float32; NaN is refused too."""
-    if isinstance(value, bool) or isinstance(value, str):
-        return
-    if _is_real(value):
-        check_tensor_value(value, key)
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            check_tensor_table(v, f"{key}.{k}")
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            check_tensor_table(v, f"{key}[{i}]")
+    for k, v in _leaves(value, key):
+        if _is_real(v):
+            check_tensor_value(v, k)
 
 
 def _short_int(value: int) -> str:
