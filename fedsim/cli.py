@@ -40,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    if getattr(args, "scenario", None):  # a file, or the name of a shipped scenario
+        from fedsim.shipped import scenario_path
+
+        args.scenario = str(scenario_path(args.scenario))
     try:
         return args.func(args) or 0
     except FedsimError as err:
@@ -51,15 +55,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _version() -> str:
+    import fedsim
+
+    return fedsim.__version__
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="fedsim",
         description="Simulate federated and decentralized learning on one machine.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a scenario file (all its variants)")
-    run.add_argument("scenario", help="a scenario TOML file, e.g. scenarios/quickstart.toml")
+    run.add_argument("scenario", help="a scenario TOML file, or a shipped scenario's name "
+                     "(quickstart; see fedsim list)")
     _add_set(run)
     run.add_argument("--out", metavar="DIR", help="output folder (replaces output_dir)")
     run.add_argument("--variant", action="append", metavar="NAME",
@@ -207,10 +219,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from fedsim.models import MODELS
     from fedsim.network.topology import available_topologies
     from fedsim.scenario import ALGORITHMS
+    from fedsim.shipped import SCENARIOS_DIR, shipped_scenarios
 
-    scenarios_dir = Path("scenarios")
+    here = Path("scenarios")  # the working folder's own, when it is not the shipped one
+    own = [] if not here.is_dir() or here.resolve() == SCENARIOS_DIR else here.glob("*.toml")
     items = {
-        "scenarios": sorted(str(p) for p in scenarios_dir.glob("*.toml")),
+        "scenarios": list(shipped_scenarios()) + sorted(str(p) for p in own),
         "topologies": available_topologies(),
         "datasets": list(DATASETS),
         "models": list(MODELS),

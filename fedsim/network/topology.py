@@ -23,6 +23,7 @@ import numpy as np
 
 from fedsim.errors import ScenarioError
 from fedsim.network.topology_files import FILE_SUFFIXES, TOPOLOGY_KEY, load_topology
+from fedsim.shipped import TOPOLOGIES_DIR
 
 PARAM_KEY = "network.topology_params"
 MAX_CONNECT_TRIES = 100
@@ -337,8 +338,8 @@ def build_topology(name: str, params: Mapping[str, Any] | None = None, seed: int
 
 
 def default_search_dirs() -> list[Path]:
-    """``./topologies`` and the repository's ``topologies/``."""
-    return [Path.cwd() / "topologies", Path(__file__).resolve().parents[2] / "topologies"]
+    """``./topologies`` and the shipped ``fedsim/topologies/`` (package data)."""
+    return [Path.cwd() / "topologies", TOPOLOGIES_DIR]
 
 
 def _topology_files(search_dirs: Iterable[Path]) -> list[Path]:
@@ -397,7 +398,7 @@ def resolve_topology(
             extension, or a path to a .graphml/.edges/.txt/.csv file.
         params: builder parameters; a file topology takes none.
         seed: seed for random builders.
-        search_dirs: where to look for files; default ``./topologies`` and the repo's.
+        search_dirs: where to look for files; default ``./topologies`` and the shipped ones.
 
     Returns:
         An undirected graph on 0..n-1 (links may lack attributes; see with_link_defaults).
