@@ -52,6 +52,10 @@ class AlgorithmConfig:
     # names in fedsim.stages.registry.AGGREGATORS (mean, coordinate_median,
     # trimmed_mean, krum, centered_clipping, gm, bgmd)
     aggregator: dict = field(default_factory=lambda: {"name": "mean"})
+    # how the server applies the aggregate: {name = ..., **parameters}; names in
+    # fedsim.stages.server.SERVER_OPTS (sgd with step server_lr, fedavgm, fedadagrad,
+    # fedadam, fedyogi; Reddi et al., ICLR 2021); see docs/server_optimizers.md
+    server_opt: dict = field(default_factory=lambda: {"name": "sgd"})
     # asynchronous decentralized algorithms (gossip_sgd, accelerated_gossip_sgd):
     gossip_rate: float = 1.0  # exchanges per edge per simulated second (Poisson)
     eval_interval_s: float = 1.0  # simulated seconds per evaluation row ("round")

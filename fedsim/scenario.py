@@ -41,7 +41,8 @@ DECENTRALIZED_ALGORITHMS = ("dsgd", "gossip_sgd", "accelerated_gossip_sgd")
 ASYNC_ALGORITHMS = ("gossip_sgd", "accelerated_gossip_sgd")  # steps at each node's own times
 ALGORITHMS = ("fedavg", "fedprox", *DECENTRALIZED_ALGORITHMS)
 # fields whose value is a whole table (kept as one value when variants are flattened)
-TABLE_FIELDS = ("network.topology_params", "algorithm.aggregator", "attack.params")
+TABLE_FIELDS = ("network.topology_params", "algorithm.aggregator", "algorithm.server_opt",
+                "attack.params")
 MAX_DEPTH = 32  # lists and tables nested deeper are refused (a scenario needs about 6)
 
 
@@ -328,6 +329,7 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
     if a.name in DECENTRALIZED_ALGORITHMS:
         _validate_decentralized(sc, base_dir)
     _validate_aggregator(a.aggregator)
+    _validate_server_opt(a)
     _validate_attack(sc)
     _validate_variants(sc, base_dir)
     if not sc.variants:  # a file with variants runs only them; each is checked above
@@ -448,6 +450,22 @@ def _validate_aggregator(spec: dict) -> None:
                             f"allowed: {', '.join(AGGREGATORS)}")
     check_tensor_table({k: v for k, v in spec.items() if k != "name"}, "algorithm.aggregator")
     build_aggregator(spec)
+
+
+def _validate_server_opt(a: Any) -> None:
+    """``algorithm.server_opt``: a known optimizer, known parameters in range (each error
+    names ``algorithm.server_opt.<param>``); decentralized algorithms have no server."""
+    from fedsim.stages.server import SERVER_OPTS, build_server_opt
+
+    spec = a.server_opt
+    name = spec.get("name", "sgd")
+    if not isinstance(name, str):
+        raise ScenarioError("algorithm.server_opt.name", f"must be a string, got "
+                            f"{_show(name)}; allowed: {', '.join(SERVER_OPTS)}")
+    if a.name in DECENTRALIZED_ALGORITHMS and name != "sgd":
+        raise ScenarioError("algorithm.server_opt.name", f"{a.name} has no server; "
+                            "allowed: sgd")
+    build_server_opt(spec, a.server_lr)
 
 
 def _validate_attack(sc: Scenario) -> None:

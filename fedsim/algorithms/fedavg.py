@@ -14,7 +14,8 @@ of the selected clients reports in time):
         for each client k in S_t that reports:           # batched in one vmap
             w_k <- ClientUpdate(k, w_t)                   # E epochs of SGD, batch B,
                                                           # + mu/2 ||w - w_t||^2 (FedProx)
-        w_{t+1} <- w_t + eta_s * sum_k (n_k / n) (w_k - w_t)     # or a robust aggregate
+        w_{t+1} <- w_t + eta_s * sum_k (n_k / n) (w_k - w_t)     # or a robust aggregate,
+                                                          # or a server optimizer
 """
 
 from __future__ import annotations
@@ -23,20 +24,23 @@ from fedsim.algorithms.base import Algorithm, LocalSGD
 from fedsim.config import AlgorithmConfig
 from fedsim.stages.base import chain
 from fedsim.stages.registry import build_aggregator
-from fedsim.stages.server import server_sgd
+from fedsim.stages.server import build_server_opt
 
 
 def fedavg(cfg: AlgorithmConfig) -> Algorithm:
     """FedAvg (``mu = 0``) or FedProx (``mu > 0``) from the scenario's algorithm section.
 
     ``cfg.aggregator`` swaps the sample-weighted mean for a robust aggregator
-    (coordinate median, Krum, geometric median, BGMD, ...; ``fedsim.stages.registry``).
+    (coordinate median, Krum, geometric median, BGMD, ...; ``fedsim.stages.registry``);
+    ``cfg.server_opt`` swaps the server step ``x + server_lr * u`` for FedAvgM, FedAdagrad,
+    FedAdam or FedYogi (Reddi et al., "Adaptive Federated Optimization", ICLR 2021;
+    ``fedsim.stages.server``).
     """
     return Algorithm(
         name=cfg.name,
         client=LocalSGD(lr=cfg.lr, epochs=cfg.local_epochs, batch_size=cfg.batch_size, mu=cfg.mu),
         uplink=chain(),
         aggregate=build_aggregator(cfg.aggregator),
-        server=server_sgd(cfg.server_lr),
+        server=build_server_opt(cfg.server_opt, cfg.server_lr),
         weighted=cfg.weighted,
     )
