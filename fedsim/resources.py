@@ -390,7 +390,7 @@ def available_device_memory(device: str) -> tuple[int, str] | None:
 
     if not torch.cuda.is_available():
         return None  # "cuda" without a GPU is refused by the runner; "auto" runs on CPU
-    free, _ = torch.cuda.mem_get_info()
+    free, _ = torch.cuda.mem_get_info(device if device.startswith("cuda:") else None)
     return int(free), "free GPU memory"
 
 

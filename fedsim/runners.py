@@ -9,9 +9,11 @@ simulator does not spend real time on it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,14 +42,21 @@ class RunResult:
 
 
 def resolve_device(name: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; checks ``"cuda"``."""
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; checks that
+    ``"cuda"`` and ``"cuda:N"`` name a GPU torch sees."""
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ScenarioError("device",
-                            "'cuda' requested but torch sees no GPU; allowed here: cpu, auto")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ScenarioError("device", f"{name!r} requested but torch sees no GPU; "
+                                "allowed here: cpu, auto")
+        count = torch.cuda.device_count()
+        if name != "cuda" and int(name.removeprefix("cuda:")) >= count:
+            raise ScenarioError("device", f"{name!r} requested but torch sees {count} "
+                                f"GPU{'s' if count > 1 else ''}; allowed here: cpu, auto, "
+                                f"cuda, cuda:0 to cuda:{count - 1}")
     return name
 
 
@@ -61,6 +70,23 @@ def configure_threads(device: str) -> None:
 
     if device == "cpu":
         torch.set_num_threads(int(os.environ.get("FEDSIM_TORCH_THREADS", "1")))
+
+
+@contextlib.contextmanager
+def restore_threads() -> Iterator[None]:
+    """Give back the process's torch thread count when the block returns or raises.
+
+    Both runners (``run_scenario``, ``run_decentralized``) run inside it: a run sets
+    the count it needs (``configure_threads``) and leaves the caller's as it found it.
+    """
+    import torch
+
+    saved = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != saved:
+            torch.set_num_threads(saved)
 
 
 def build_clock(sc: Scenario, base_dir: Path):
@@ -96,6 +122,7 @@ def build_population(sc: Scenario, data: FederatedData, device: str):
     return pop, torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)
 
 
+@restore_threads()
 def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                  progress: bool | None = None, label: str = "",
                  data: FederatedData | None = None) -> RunResult:
@@ -113,7 +140,7 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
 
     Returns:
         The run directory, the summary dict (also written as summary.json) and
-        the final global parameters.
+        the final global parameters. The process's torch thread count is as before.
     """
     if sc.algorithm.name in DECENTRALIZED_ALGORITHMS:  # no server: fedsim.decentralized
         from fedsim.decentralized.runner import run_decentralized

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -281,8 +282,10 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
     _at_least(sc.rounds, 1, "rounds")
     _at_least(sc.clients_per_round, 1, "clients_per_round")
     _at_least(sc.eval_every, 1, "eval_every")
-    _one_of(sc.device, DEVICES, "device")
-    if sc.device == "cuda":  # the run's own check: is there a GPU here?
+    if sc.device not in DEVICES and not re.fullmatch(r"cuda:(0|[1-9][0-9]*)", sc.device):
+        raise ScenarioError("device", f"unknown value {sc.device!r}; allowed: "
+                            f"{', '.join(DEVICES)}, cuda:N (GPU number N)")
+    if sc.device.startswith("cuda"):  # the run's own check: is that GPU here?
         from fedsim.runners import resolve_device
 
         resolve_device(sc.device)

@@ -54,7 +54,13 @@ from fedsim.divergence import check_finite, warn
 from fedsim.errors import ScenarioError
 from fedsim.results.progress import Progress
 from fedsim.results.records import RoundRecord, RunWriter, summarize
-from fedsim.runners import RunResult, build_population, configure_threads, resolve_device
+from fedsim.runners import (
+    RunResult,
+    build_population,
+    configure_threads,
+    resolve_device,
+    restore_threads,
+)
 from fedsim.scenario import DECENTRALIZED_ALGORITHMS, to_dict
 from fedsim.seeding import torch_generator
 
@@ -62,6 +68,7 @@ CONSENSUS_CSV = "consensus.csv"
 NODE_FIELDS = ("consensus_distance", "node_accuracy_mean", "node_accuracy_min")
 
 
+@restore_threads()
 def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                       progress: bool | None = None, label: str = "",
                       data: FederatedData | None = None) -> RunResult:
