@@ -22,6 +22,19 @@ steps on the same minibatches, written as batched matrix products with the updat
 fused into the gradient product (about 2.3x faster than ``vmap`` on the benchmark
 MLP). ``Population.engine`` says which path a population takes.
 
+Modes and randomness, as in a PyTorch training loop: clients train with the
+model in ``train()`` mode and ``evaluate`` runs it in ``eval()`` mode (Dropout
+off). A model that draws random numbers in train mode (``Population.stochastic``:
+Dropout and the like, found by probing one forward pass) gets its randomness from
+the caller's training stream: ``train`` draws one seed from ``gen`` after the
+shuffles and runs local training with torch's global RNG seeded from it inside
+``torch.random.fork_rng``, so the caller's global RNG is left as it was and a rerun
+draws the same masks. The batched path vmaps with ``randomness="different"``
+(each client its own masks, Dropout stays batched); the loop path draws client
+after client from the same seeded RNG. The two paths draw different masks (both
+reproducible). A model without randomness draws no seed, so its runs are exactly
+those of a model that never had a Dropout layer.
+
 References:
     McMahan et al., "Communication-Efficient Learning of Deep Networks from
     Decentralized Data" (AISTATS 2017) -- local SGD of FedAvg.
@@ -42,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
+from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.utils import parameters_to_vector
 
 from fedsim.fastmlp import FusedMLP, match_mlp
@@ -104,6 +118,8 @@ class Population:
 
     Attributes:
         vmap_fallback: why the batched path was abandoned for this model (None while it works).
+        stochastic: the model draws random numbers in ``train()`` mode (e.g. Dropout with
+            ``p > 0``); its training then takes one seed per ``train`` call from ``gen``.
         engine: how a cohort is trained: ``"fused_mlp"`` (a Linear/ReLU stack, trained
             with hand-written batched products, ``fedsim.fastmlp``), ``"vmap"`` (any
             other model, ``torch.func``) or ``"loop"`` (one client at a time, when
@@ -139,7 +155,12 @@ class Population:
         self.max_batched_clients = max_batched_clients
         self.vmap_fallback: str | None = None
         self._act_numel = self._activation_numel()
-        self._vgrad = vmap(grad_and_value(self._client_loss))
+        self.stochastic = self._draws_random()
+        # "different": each client (row of the vmap) draws its own dropout masks; a model
+        # without randomness keeps "error", so an undetected random op falls back to the
+        # loop instead of drawing unseeded numbers.
+        self._vgrad = vmap(grad_and_value(self._client_loss),
+                           randomness="different" if self.stochastic else "error")
         # The fused engine for plain Linear/ReLU stacks; None keeps the generic path.
         self._fused: FusedMLP | None = (
             match_mlp(self.model, tuple(self.x.shape[1:])) if fused else None)
@@ -184,7 +205,8 @@ class Population:
             epochs: local passes over each client's data.
             batch_size: minibatch size (the last minibatch of an epoch may be partial).
             mu: FedProx proximal coefficient; 0 is FedAvg.
-            gen: the training stream; the shuffles of all clients are drawn from it.
+            gen: the training stream; the shuffles of all clients are drawn from it, and
+                (for a ``stochastic`` model only) one seed for the dropout masks after them.
 
         Returns:
             A ``CohortResult`` on the population's device.
@@ -202,8 +224,9 @@ class Population:
         flat = self._cat_indices(indices)  # one concatenation, one transfer
         self._check_indices(flat)
         orders = self._draw_orders(indices, counts, epochs, gen, flat=flat)  # [E, m, max_n]
+        seed = _draw_seed(gen) if self.stochastic else None
         with _one_thread_for_one_client(len(indices), self.device):
-            updates, losses = self._dispatch(w0, orders, counts, lr, mu, batch_size)
+            updates, losses = self._dispatch(w0, orders, counts, lr, mu, batch_size, seed=seed)
         return CohortResult(updates, losses, counts.to(self.device))
 
     @torch.no_grad()
@@ -211,6 +234,9 @@ class Population:
         self, params: Tensor, x: Tensor, y: Tensor, batch_size: int = 4096
     ) -> tuple[float, float]:
         """Mean cross-entropy and accuracy of the model with flat ``params`` on ``(x, y)``.
+
+        The model runs in ``eval()`` mode (Dropout off), so the result depends only on
+        ``params`` and the data.
 
         Args:
             params: ``[d]`` flat parameters.
@@ -227,6 +253,7 @@ class Population:
         p = dict(zip(self._names, self._unflatten(flat), strict=True))
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        self.model.eval()
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size].to(self.device, self._init.dtype)
             yb = y[start : start + batch_size].to(self.device, torch.long)
@@ -288,6 +315,33 @@ class Population:
             for h in handles:
                 h.remove()
         return max(sum(sizes), 1)
+
+    def _draws_random(self) -> bool:
+        """Whether the model draws random numbers in ``train()`` mode (``stochastic``).
+
+        One forward pass of two training samples in train mode, inside ``fork_rng`` and on
+        copies of the buffers (the model, its buffers and the caller's RNG are left as they
+        were): random if the global RNG of the population's device moved. Also True for
+        any Dropout module with ``p > 0`` (when the probe cannot run, e.g. no samples).
+        """
+        dropout = any(isinstance(m, _DropoutNd) and m.p > 0 for m in self.model.modules())
+        if len(self.x) == 0:
+            return dropout
+        modes = [m.training for m in self.model.modules()]
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+        try:
+            with torch.random.fork_rng(devices=_cuda_index(self.device)), torch.no_grad():
+                before = _rng_states(self.device)
+                self.model.train()
+                functional_call(self.model, buffers, (self.x[:2],))
+                after = _rng_states(self.device)
+            moved = any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        except Exception:  # noqa: BLE001 - the probe is a hint; training reports real errors
+            moved = False
+        finally:
+            for m, training in zip(self.model.modules(), modes, strict=True):
+                m.training = training
+        return moved or dropout
 
     def _fused_chunk_size(self, batch_size: int) -> int:
         """Clients per chunk of the fused engine: the user's cap, or its workspace budget."""
@@ -360,17 +414,30 @@ class Population:
 
     # -------------------------------------------------------------- dispatch
     def _dispatch(
-        self, w0: Tensor, orders: Tensor, counts: Tensor, lr: float, mu: float, batch_size: int
+        self,
+        w0: Tensor,
+        orders: Tensor,
+        counts: Tensor,
+        lr: float,
+        mu: float,
+        batch_size: int,
+        seed: int | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Train batched when possible; fall back to the loop once, with a warning."""
+        """Train batched when possible; fall back to the loop once, with a warning.
+
+        The model is in ``train()`` mode; with a ``seed`` (a ``stochastic`` model) each
+        path runs with the global RNG seeded from it, restored afterwards.
+        """
         engine = self.engine
         if engine == "fused_mlp" and w0.dim() == 2:
             engine = "vmap"  # the fused engine assumes one starting point for the chunk
+        self.model.train()
         if engine != "loop":
             try:
                 if engine == "fused_mlp":
                     return self._train_fused(w0, orders, counts, lr, mu, batch_size)
-                return self._train_batched(w0, orders, counts, lr, mu, batch_size)
+                with _seeded_rng(seed, self.device):
+                    return self._train_batched(w0, orders, counts, lr, mu, batch_size)
             except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
                 self.vmap_fallback = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 warnings.warn(
@@ -379,7 +446,8 @@ class Population:
                     RuntimeWarning,
                     stacklevel=3,
                 )
-        return self._train_loop(w0, orders, counts, lr, mu, batch_size)
+        with _seeded_rng(seed, self.device):
+            return self._train_loop(w0, orders, counts, lr, mu, batch_size)
 
     # ----------------------------------------------------------------- fused
     def _train_fused(
@@ -565,6 +633,44 @@ def _step_layout(
     pos = torch.arange(steps * bs, device=orders.device)
     mask = (pos < counts[:, None]).to(dtype).view(m, steps, bs).transpose(0, 1).contiguous()
     return orders, mask
+
+
+def _draw_seed(gen: torch.Generator) -> int:
+    """One seed for torch's global RNG, drawn from the training stream ``gen``."""
+    return int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item())
+
+
+def _cuda_index(device: torch.device) -> list[int]:
+    """``[index]`` of a CUDA device (for ``fork_rng``), ``[]`` for the CPU."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _rng_states(device: torch.device) -> list[Tensor]:
+    """The global RNG states a model on ``device`` draws from: the CPU's, and its GPU's."""
+    states = [torch.random.get_rng_state()]
+    for index in _cuda_index(device):
+        states.append(torch.cuda.get_rng_state(index))
+    return states
+
+
+@contextmanager
+def _seeded_rng(seed: int | None, device: torch.device):
+    """Run the block with torch's global RNG seeded from ``seed``, and restore it after.
+
+    The CPU generator and (on a GPU) the population's device generator are forked and
+    seeded; other devices' generators are not touched. None: the block runs as is.
+    """
+    if seed is None:
+        yield
+        return
+    indices = _cuda_index(device)
+    with torch.random.fork_rng(devices=indices):
+        torch.random.default_generator.manual_seed(seed)
+        for index in indices:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
 def _num_steps(counts: Tensor, batch_size: int, epochs: int) -> Tensor:
