@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="run only this variant (repeatable)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace earlier runs in the output folder (default: refuse)")
+    run.add_argument("--seeds", type=_seed_list, metavar="K,K,...",
+                     help="run each variant once per seed, into <variant>/seed<k>/; the "
+                          "comparison shows mean ± std over the seeds (e.g. --seeds 0,1,2)")
+    _add_format(run)
     quiet = run.add_mutually_exclusive_group()
     quiet.add_argument("--quiet", action="store_true", help="no progress line")
     quiet.add_argument("--progress", action="store_true",
@@ -92,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--overwrite", action="store_true",
                        help="run every cell again, replacing earlier runs (default: resume "
                             "cells of the same settings, refuse others)")
+    _add_format(sweep)
     sweep.set_defaults(func=_cmd_sweep)
 
     val = sub.add_parser("validate", help="check a scenario file without running it")
@@ -115,14 +120,20 @@ def _parser() -> argparse.ArgumentParser:
     topo.set_defaults(func=_cmd_topology)
 
     plot = sub.add_parser("plot", help="(re)draw the plots of run directories")
-    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                      help="a run folder, or a folder of seed<k>/ runs (each is redrawn)")
+    _add_format(plot)
     plot.set_defaults(func=_cmd_plot)
 
     cmp_ = sub.add_parser("compare", help="overlay runs in one plot and print a table")
-    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                      help="a run folder, or a folder of seed<k>/ runs (drawn as mean ± std)")
     cmp_.add_argument("--x", default="sim_time_s", choices=["sim_time_s", "round", "cum_bytes"],
                       help="x axis (default: simulated time)")
-    cmp_.add_argument("--out", metavar="PNG", default="compare.png")
+    cmp_.add_argument("--out", metavar="FILE",
+                      help="the picture (default compare.<format>); its extension must "
+                           "match --format when both are given")
+    _add_format(cmp_, default=None)
     cmp_.set_defaults(func=_cmd_compare)
 
     bench = sub.add_parser("bench", help="side-by-side performance runs (see docs/performance.md)")
@@ -148,6 +159,29 @@ def _seed(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
     return value
+
+
+def _seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2``: integers >= 0, each once."""
+    from fedsim.sweep import check_seeds
+
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        seeds = [int(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be distinct integers >= 0 separated by commas, e.g. 0,1,2; got {text!r}"
+        ) from None
+    try:
+        return check_seeds(seeds, "--seeds")
+    except FedsimError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+
+
+def _add_format(parser: argparse.ArgumentParser, default: str | None = "png") -> None:
+    shown = default or "png"
+    parser.add_argument("--format", choices=["png", "pdf", "svg"], default=default,
+                        help=f"format of the figures (default {shown})")
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -182,7 +216,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     progress = False if args.quiet else (True if args.progress else None)
     with _sigterm_as_interrupt():
         run_file(args.scenario, args.overrides, output_dir=args.out, only=args.variant,
-                 progress=progress, overwrite=args.overwrite, log=sys.stderr)
+                 progress=progress, overwrite=args.overwrite, log=sys.stderr,
+                 seeds=args.seeds, fmt=args.format)
     return 0
 
 
@@ -192,7 +227,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     with _sigterm_as_interrupt():
         run_sweep(args.scenario, args.overrides, output_dir=args.out,
                   progress=False if args.quiet else None, overwrite=args.overwrite,
-                  log=sys.stderr)
+                  log=sys.stderr, fmt=args.format)
     return 0
 
 
@@ -262,11 +297,12 @@ def _cmd_topology(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from fedsim.results.plots import plot_run
+    from fedsim.results.plots import expand_runs, plot_run
 
-    for run_dir in args.run_dirs:
-        for path in plot_run(Path(run_dir)):
-            print(path)
+    for folder in args.run_dirs:
+        for run_dir in expand_runs(folder):
+            for path in plot_run(run_dir, args.format):
+                print(path)
     return 0
 
 
@@ -274,10 +310,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from fedsim.results.output import check_figure_path
     from fedsim.results.plots import compare_table, plot_compare
 
-    check_figure_path(Path(args.out))
+    out = Path(args.out or f"compare.{args.format or 'png'}")
+    if args.format and out.suffix.lower() != f".{args.format}":
+        raise UsageError(f"--out {out} does not end in .{args.format} (--format {args.format}); "
+                         f"give one of them, or make them agree")
+    check_figure_path(out)
     dirs = [Path(d) for d in args.run_dirs]
     table = compare_table(dirs)
-    out = plot_compare(dirs, Path(args.out), x=args.x)
+    out = plot_compare(dirs, out, x=args.x)
     print(table)
     print(f"saved {out}")
     return 0

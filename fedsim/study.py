@@ -1,21 +1,31 @@
-"""Run a scenario file: each of its variants in turn, then one comparison plot."""
+"""Run a scenario file: each of its variants in turn (once per seed), then the comparison."""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fedsim.config import Scenario
 from fedsim.errors import ScenarioError
 from fedsim.results.output import prepare_study, system_error, write_text
 from fedsim.runners import RunResult, run_scenario
 from fedsim.scenario import expand_variants, load_scenario
+from fedsim.sweep import check_seeds
 
 
 def run_file(path: str | Path, overrides=(), output_dir: str | None = None,
              only: list[str] | None = None, progress: bool | None = None,
-             log=sys.stderr, overwrite: bool = False) -> list[RunResult]:
-    """Run every variant of the scenario in ``path`` and compare them.
+             log=sys.stderr, overwrite: bool = False, seeds: Sequence[int] | None = None,
+             fmt: str = "png") -> list[RunResult]:
+    """Run every variant of the scenario in ``path`` (once per seed) and compare them.
+
+    Without ``seeds`` each variant runs with the scenario's ``seed`` into
+    ``<output_dir>/<name>/<variant>/`` (or ``<output_dir>/<name>/`` without variants).
+    With ``seeds`` each variant runs once per seed into ``.../<variant>/seed<k>/``
+    (``<output_dir>/<name>/seed<k>/`` without variants), and the comparison shows
+    the mean ± std over the seeds of each variant.
 
     Args:
         path: the scenario TOML file.
@@ -26,31 +36,65 @@ def run_file(path: str | Path, overrides=(), output_dir: str | None = None,
         log: where one line per finished run is printed.
         overwrite: replace earlier runs in the run folders (and the study's
             comparison); without it, a folder holding a run is an error.
+        seeds: run each variant once per seed (distinct integers >= 0), replacing
+            the scenario's ``seed``.
+        fmt: the format of the figures: ``png``, ``pdf`` or ``svg``.
 
     Returns:
-        One ``RunResult`` per run, in the file's order. Runs already finished
-        keep their files when a later one fails.
+        One ``RunResult`` per run, in the file's order (variant by variant, each
+        seed in turn). Runs already finished keep their files when a later one fails.
 
     Raises:
+        ScenarioError: ``seeds`` repeats a seed or holds one that is not an integer >= 0.
         OutputError: an output folder cannot be written, or holds an earlier run
             (checked for every run before the first starts).
     """
+    from fedsim.results.plots import check_format
+
+    check_format(fmt)
+    if seeds is not None:
+        seeds = check_seeds(list(seeds), "--seeds")
     path = Path(path)
     sc = load_scenario(path, overrides)
     if output_dir is not None:
         sc = replace(sc, output_dir=output_dir)
-    runs = _selected(expand_variants(sc), only)
+    variants = _selected(expand_variants(sc), only)
     study_dir = Path(sc.output_dir) / sc.name
-    run_dirs = [study_dir / name if name else study_dir for name, _ in runs]
-    prepare_study(study_dir, run_dirs, overwrite, compare=bool(sc.variants))
-    results = []
-    for (name, variant), run_dir in zip(runs, run_dirs, strict=True):
-        label = f"{sc.name}/{name}" if name else sc.name
-        results.append(_run_one(variant, run_dir, path.parent, progress, label, log))
+    runs = _plan(variants, study_dir, sc.name, seeds)
+    prepare_study(study_dir, [run.run_dir for run in runs], overwrite,
+                  compare=bool(sc.variants) or seeds is not None)
+    results = [_run_one(run.scenario, run.run_dir, path.parent, progress, run.label, log, fmt)
+               for run in runs]
     if len(results) > 1:
-        _compare(results, [name for name, _ in runs], study_dir, sc.name, log)
+        groups: dict[str, list[Path]] = {}
+        for run, result in zip(runs, results, strict=True):
+            groups.setdefault(run.variant, []).append(result.run_dir)
+        names = [name or sc.name for name in groups]
+        _compare(list(groups.values()), names, study_dir, sc.name, log, fmt)
     print(f"results in {study_dir}", file=log)
     return results
+
+
+@dataclass(frozen=True)
+class _Run:
+    variant: str  # "" without variants
+    scenario: Scenario
+    run_dir: Path
+    label: str  # for the progress and result lines
+
+
+def _plan(variants: list, study_dir: Path, name: str, seeds: list[int] | None) -> list[_Run]:
+    """The runs: one per variant, or one per variant and seed (``seed<k>/`` folders)."""
+    runs = []
+    for variant, sc in variants:
+        folder = study_dir / variant if variant else study_dir
+        label = f"{name}/{variant}" if variant else name
+        if seeds is None:
+            runs.append(_Run(variant, sc, folder, label))
+            continue
+        runs += [_Run(variant, replace(sc, seed=seed), folder / f"seed{seed}",
+                      f"{label}/seed{seed}") for seed in seeds]
+    return runs
 
 
 def _selected(runs: list, only: list[str] | None) -> list:
@@ -64,7 +108,8 @@ def _selected(runs: list, only: list[str] | None) -> list:
     return [(name, s) for name, s in runs if name in only]
 
 
-def _run_one(variant, run_dir: Path, base_dir: Path, progress, label: str, log) -> RunResult:
+def _run_one(variant, run_dir: Path, base_dir: Path, progress, label: str, log,
+             fmt: str) -> RunResult:
     """One run and its plots; prints its one-line result."""
     from fedsim.results.plots import plot_run
 
@@ -73,22 +118,22 @@ def _run_one(variant, run_dir: Path, base_dir: Path, progress, label: str, log) 
                               label=label)
     except OSError as err:  # e.g. a full disk under a file the runner writes itself
         raise system_error(run_dir, err) from None
-    plot_run(run_dir)
+    plot_run(run_dir, fmt)
     print(_one_line(label, result), file=log)
     return result
 
 
-def _compare(results: list[RunResult], names: list[str], study_dir: Path, title: str,
-             log) -> None:
-    """The study's comparison plots and ``compare.md`` (printed too)."""
+def _compare(groups: list[list[Path]], names: list[str], study_dir: Path, title: str,
+             log, fmt: str) -> None:
+    """The study's comparison plots and ``compare.md`` (printed too); a group of
+    several run folders is one variant's seeds (mean ± std)."""
     from fedsim.results.plots import compare_table, plot_compare
 
-    dirs = [r.run_dir for r in results]
-    plot_compare(dirs, study_dir / "compare_accuracy_vs_time.png", x="sim_time_s",
+    plot_compare(groups, study_dir / f"compare_accuracy_vs_time.{fmt}", x="sim_time_s",
                  labels=names, title=f"{title}: accuracy vs simulated time")
-    plot_compare(dirs, study_dir / "compare_accuracy_vs_round.png", x="round",
+    plot_compare(groups, study_dir / f"compare_accuracy_vs_round.{fmt}", x="round",
                  labels=names, title=f"{title}: accuracy vs round")
-    table = compare_table(dirs, labels=names)
+    table = compare_table(groups, labels=names)
     write_text(study_dir / "compare.md", table + "\n")
     print(table, file=log)
 

@@ -109,7 +109,7 @@ def _spec(sc: Scenario) -> tuple[list[int], Mapping]:
     unknown = set(spec) - {"seeds", "axes"}
     if unknown:
         raise ScenarioError(f"sweep.{sorted(unknown)[0]}", "unknown key; allowed: seeds, axes")
-    seeds = _seeds(spec.get("seeds", [sc.seed]))
+    seeds = check_seeds(spec.get("seeds", [sc.seed]))
     axes = spec.get("axes", {})
     if not isinstance(axes, Mapping):
         raise ScenarioError("sweep.axes", "must be a table of axes")
@@ -127,16 +127,16 @@ def _spec(sc: Scenario) -> tuple[list[int], Mapping]:
     return seeds, axes
 
 
-def _seeds(seeds) -> list[int]:
-    """``sweep.seeds`` checked: a non-empty list of distinct integers >= 0."""
+def check_seeds(seeds, key: str = "sweep.seeds") -> list[int]:
+    """Seeds checked: a non-empty list of distinct integers >= 0 (``key`` names them
+    in the error: ``sweep.seeds``, or ``--seeds`` of ``fedsim run``)."""
     if (not isinstance(seeds, list) or not seeds
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise ScenarioError("sweep.seeds", f"must be a non-empty list of integers >= 0, "
-                                           f"got {seeds!r}")
+        raise ScenarioError(key, f"must be a non-empty list of integers >= 0, got {seeds!r}")
     repeated = [s for s in dict.fromkeys(seeds) if seeds.count(s) > 1]
     if repeated:
-        raise ScenarioError("sweep.seeds", f"seed {repeated[0]} is listed more than once; "
-                                           f"each seed is one run per cell")
+        raise ScenarioError(key, f"seed {repeated[0]} is listed more than once; "
+                                 f"each seed is one run")
     return seeds
 
 
@@ -245,7 +245,8 @@ def prepare_sweep(study: Path, cells: list[Cell], output_dir: str, overwrite: bo
 
 
 def run_sweep(path: str | Path, overrides=(), output_dir: str | None = None,
-              progress: bool | None = None, log=sys.stderr, overwrite: bool = False) -> Path:
+              progress: bool | None = None, log=sys.stderr, overwrite: bool = False,
+              fmt: str = "png") -> Path:
     """Run (or resume) the grid of the scenario file; returns the study folder.
 
     Args:
@@ -255,7 +256,11 @@ def run_sweep(path: str | Path, overrides=(), output_dir: str | None = None,
         progress: the per-run progress line (None: auto).
         log: one line per cell.
         overwrite: run every cell again, replacing earlier runs (see ``prepare_sweep``).
+        fmt: the format of the plot: ``png``, ``pdf`` or ``svg``.
     """
+    from fedsim.results.plots import check_format, setup_lines
+
+    check_format(fmt)
     path = Path(path)
     sc = load_scenario(path, overrides)
     if output_dir is not None:
@@ -267,7 +272,8 @@ def run_sweep(path: str | Path, overrides=(), output_dir: str | None = None,
             for n, cell in enumerate(cells, 1)]
     table = aggregate_rows(rows, [axis for axis, _ in cells[0].labels])
     write_tables(table, study)
-    plot_sweep(table, study / "sweep.png", title=f"{sc.name}: final accuracy")
+    setup = setup_lines([study / "sweep" / cell.key for cell in cells])
+    plot_sweep(table, study / f"sweep.{fmt}", title=f"{sc.name}: final accuracy{setup}")
     print((study / "sweep_summary.md").read_text(encoding="utf-8"), file=log)
     print(f"results in {study}", file=log)
     return study
@@ -375,9 +381,11 @@ def plot_sweep(table: list[dict], out: Path, title: str) -> Path:
         pos = [i + (s - (len(series) - 1) / 2) * width for i in range(len(xs))]
         ax.bar(pos, means, width, yerr=stds, capsize=2, label=" / ".join(key) or "run")
     ax.set_xticks(range(len(xs)), xs, rotation=20, ha="right")
-    ax.set_ylabel("final test accuracy (mean over seeds)")
+    counts = sorted({r["seeds"] for r in table})
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    ax.set_ylabel(f"final test accuracy\n(mean ± std over {n} seed{'s' * (n != '1')})")
     ax.set_ylim(0, 1)
-    ax.set_title(title)
+    ax.set_title(title, fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
     if series and series[0]:
         ax.legend(title=" / ".join(axes[:-1]), fontsize=8, loc="upper left",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -232,64 +233,113 @@ def _gossip_line(g: dict[str, float | None]) -> str:
             f"speed-up {speedup}")
 
 
-def _layout(G: nx.Graph) -> dict[Any, tuple[float, float]]:
-    """lon/lat when every node has them, else stored ``pos``, else a seeded spring layout."""
+def _layout(G: nx.Graph) -> tuple[dict[Any, tuple[float, float]], str]:
+    """Node positions and where they come from: ``"lonlat"`` when every node has
+    lon/lat, ``"pos"`` for a stored ``pos`` (the lattice builders), else a seeded
+    ``"spring"`` layout."""
     nodes = G.nodes(data=True)
     if len(G) and all("lon" in d and "lat" in d for _, d in nodes):
-        return {v: (float(d["lon"]), float(d["lat"])) for v, d in nodes}
+        return {v: (float(d["lon"]), float(d["lat"])) for v, d in nodes}, "lonlat"
     if len(G) and all("pos" in d for _, d in nodes):
-        return {v: tuple(map(float, d["pos"])) for v, d in nodes}
-    return nx.spring_layout(G, seed=0)
+        return {v: tuple(map(float, d["pos"])) for v, d in nodes}, "pos"
+    return nx.spring_layout(G, seed=0), "spring"
+
+
+Point = tuple[float, float]
+
+
+def edge_geometry(G: nx.Graph, pos: dict[Any, Point], lattice: bool = True
+                  ) -> list[tuple[Any, Any, Point, Point, Point, bool]]:
+    """Where each edge is drawn: ``(u, v, start, control, end, wrap)``, a quadratic
+    Bézier curve (``control`` is the midpoint for a straight edge).
+
+    On a lattice layout (``lattice``: the stored grid positions of ``grid``/``torus``)
+    an axis-aligned edge longer than 1.5 grid steps is a wrap-around edge (a torus
+    joins each row's and each column's ends). Drawn straight it would lie on the
+    row or column it closes, and a torus would look like a grid; it is bent outward
+    instead, away from the centre of the drawing, its middle half a grid step off
+    the row (column), so each wrap-around edge shows as its own arc.
+    """
+    edges = list(G.edges())
+    lengths = [math.dist(pos[u], pos[v]) for u, v in edges]
+    step = min((d for d in lengths if d > 0), default=0.0)
+    xs = [p[0] for p in pos.values()]
+    ys = [p[1] for p in pos.values()]
+    centre = ((min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2) if pos else (0.0, 0.0)
+    out = []
+    for (u, v), length in zip(edges, lengths, strict=True):
+        (x0, y0), (x1, y1) = pos[u], pos[v]
+        mid = ((x0 + x1) / 2, (y0 + y1) / 2)
+        wrap = lattice and step > 0 and length > 1.5 * step and (x0 == x1 or y0 == y1)
+        if not wrap:
+            out.append((u, v, (x0, y0), mid, (x1, y1), False))
+            continue
+        if y0 == y1:  # a row's wrap: bend up above the centre line, down below it
+            control = (mid[0], mid[1] + (step if y0 >= centre[1] else -step))
+        else:  # a column's wrap: bend right of the centre line, left of it
+            control = (mid[0] + (step if x0 >= centre[0] else -step), mid[1])
+        out.append((u, v, (x0, y0), control, (x1, y1), True))
+    return out
 
 
 def draw_topology(G: nx.Graph, path: str | Path, name: str | None = None) -> Path:
-    """Save a PNG of the graph: edges coloured by bandwidth, nodes at lon/lat when known.
+    """Save a picture of the graph: edges coloured by bandwidth, nodes at lon/lat when known.
+
+    A torus's wrap-around edges are drawn as dashed arcs (see ``edge_geometry``).
 
     Args:
         G: the graph.
-        path: output PNG file (parent directories are created).
+        path: output file, its extension the format (png, pdf, svg; parents are created).
         name: title; default ``G.graph["name"]`` or the file stem.
 
     Returns:
         The path written.
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+    from matplotlib.patches import PathPatch
+    from matplotlib.path import Path as MplPath
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     title = name or G.graph.get("name") or path.stem
-    pos = _layout(G)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    try:
-        edges = list(G.edges(data=True))
-        bw = [d.get("bandwidth_bps") for _, _, d in edges]
-        subtitle = ""
-        if edges and all(b is not None for b in bw) and max(bw) > min(bw):
-            norm = LogNorm(vmin=min(bw), vmax=max(bw))
-            cmap = plt.get_cmap("viridis")
-            colors = [cmap(norm(b)) for b in bw]
-            nx.draw_networkx_edges(
-                G, pos, edgelist=[(u, v) for u, v, _ in edges], ax=ax, edge_color=colors, width=2.0
-            )
-            sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-            fig.colorbar(sm, ax=ax, label="bandwidth (bit/s)")
-        else:
-            if edges and all(b is not None for b in bw):
-                subtitle = f"\nevery link {bw[0] / 1e9:.3g} Gbit/s"
-            nx.draw_networkx_edges(G, pos, ax=ax, edge_color="0.5", width=1.5)
-        small = len(G) <= 60
-        nx.draw_networkx_nodes(G, pos, ax=ax, node_size=120 if small else 20, node_color="C1")
-        if small:
-            labels = {v: str(d.get("label", v)) for v, d in G.nodes(data=True)}
-            nx.draw_networkx_labels(G, pos, labels=labels, ax=ax, font_size=7)
-        ax.set_title(f"{title}  (n={G.number_of_nodes()}, m={G.number_of_edges()}){subtitle}")
-        ax.set_axis_off()
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+    pos, source = _layout(G)
+    geometry = edge_geometry(G, pos, lattice=source == "pos")
+    fig = Figure(figsize=(7, 5.5))
+    ax = fig.add_subplot()
+    bw = [G.edges[u, v].get("bandwidth_bps") for u, v, *_ in geometry]
+    subtitle = ""
+    colors = ["0.5"] * len(geometry)
+    if geometry and all(b is not None for b in bw) and max(bw) > min(bw):
+        norm = LogNorm(vmin=min(bw), vmax=max(bw))
+        cmap = matplotlib.colormaps["viridis"]
+        colors = [cmap(norm(b)) for b in bw]
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
+                     label="bandwidth (bit/s)")
+    elif geometry and all(b is not None for b in bw):
+        subtitle = f"\nevery link {bw[0] / 1e9:.3g} Gbit/s"
+    width = 2.0 if colors[0] != "0.5" else 1.5
+    wraps = 0
+    for (_, _, start, control, end, wrap), color in zip(geometry, colors, strict=True):
+        wraps += wrap
+        if wrap and color == "0.5":
+            color = "C3"
+        curve = MplPath([start, control, end], [MplPath.MOVETO, MplPath.CURVE3, MplPath.CURVE3])
+        ax.add_patch(PathPatch(curve, facecolor="none", edgecolor=color, linewidth=width,
+                               linestyle="--" if wrap else "-", zorder=1))
+    small = len(G) <= 80
+    nx.draw_networkx_nodes(G, pos, ax=ax, node_size=120 if small else 20, node_color="C1")
+    if small:
+        labels = {v: str(d.get("label", v)) for v, d in G.nodes(data=True)}
+        nx.draw_networkx_labels(G, pos, labels=labels, ax=ax, font_size=6)
+    if wraps:
+        subtitle += f"\ndashed arcs: the {wraps} wrap-around edges"
+    ax.autoscale_view()
+    ax.set_aspect("equal" if source == "pos" else "auto")
+    ax.set_title(f"{title}  (n={G.number_of_nodes()}, m={G.number_of_edges()}){subtitle}",
+                 fontsize="medium")
+    ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     return path

@@ -24,13 +24,21 @@ from fedsim.errors import FedsimError
 NAME_MAX_BYTES = 255
 STATUS_KEY = "status"
 
+FIGURE_FORMATS = ("png", "pdf", "svg")  # the formats of --format; the figures in each
+
+
+def _figures(*stems: str) -> tuple[str, ...]:
+    return tuple(f"{stem}.{ext}" for stem in stems for ext in FIGURE_FORMATS)
+
+
 RUN_FILES = (
     "metrics.csv", "metrics.jsonl", "timing.csv", "summary.json", "scenario.toml",
-    "consensus.csv", "accuracy_vs_round.png", "accuracy_vs_time.png", "accuracy_vs_bytes.png",
-    "loss_vs_round.png",
+    "consensus.csv",
+    *_figures("accuracy_vs_round", "accuracy_vs_time", "accuracy_vs_bytes", "loss_vs_round"),
 )
-COMPARE_FILES = ("compare.md", "compare_accuracy_vs_time.png", "compare_accuracy_vs_round.png")
-SWEEP_FILES = ("sweep_summary.csv", "sweep_summary.md", "sweep.png")
+COMPARE_FILES = ("compare.md",
+                 *_figures("compare_accuracy_vs_time", "compare_accuracy_vs_round"))
+SWEEP_FILES = ("sweep_summary.csv", "sweep_summary.md", *_figures("sweep"))
 
 
 class OutputError(FedsimError):

@@ -8,24 +8,30 @@ headless machine), and the caller's pyplot state and backend are left alone.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fedsim.errors import FedsimError
-from fedsim.results.output import save_figure
+from fedsim.results.output import FIGURE_FORMATS, save_figure
 from fedsim.results.records import read_metrics, summarize
 
-FIGSIZE_IN = (6.0, 4.0)
+FIGSIZE_IN = (6.0, 4.2)
 DPI = 120
+FORMATS = FIGURE_FORMATS  # png, pdf, svg
+RUN_FIGURES = ("accuracy_vs_round", "accuracy_vs_time", "accuracy_vs_bytes", "loss_vs_round")
 X_AXES = {
     "round": "round",
     "sim_time_s": "simulated time (s)",
-    "cum_bytes": "communication, up + down (bytes)",
+    "cum_bytes": "communication, up + down",
 }
 _X_SHORT = {"round": "round", "sim_time_s": "simulated time", "cum_bytes": "communication"}
 _SI_PREFIXES = ("", "k", "M", "G", "T", "P", "E")
 _MARKER_MAX_POINTS = 60
+_BAND_POINTS = 200
+TRAIN_LOSS_LABEL = "train: clients' local minibatch loss (mean)"
+TEST_LOSS_LABEL = "test: global model"
 
 
 def format_bytes(nbytes: float) -> str:
@@ -46,6 +52,70 @@ def format_bytes(nbytes: float) -> str:
     raise AssertionError("unreachable")
 
 
+def byte_unit(largest: float) -> tuple[str, float]:
+    """The unit of a bytes axis whose largest value is ``largest``: ``("MB", 1e6)`` etc.
+
+    One unit for the whole axis, so the label names the unit the ticks are in.
+    """
+    value, scale = abs(float(largest)), 1.0
+    for prefix in _SI_PREFIXES:
+        if value < 1000 * scale or prefix == _SI_PREFIXES[-1]:
+            return f"{prefix}B", scale
+        scale *= 1000
+    raise AssertionError("unreachable")
+
+
+def check_format(fmt: str) -> str:
+    """``fmt`` is one of ``FORMATS`` (png, pdf, svg).
+
+    Raises:
+        FedsimError: it is not.
+    """
+    if fmt not in FORMATS:
+        raise FedsimError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def setup_text(run_dir: Path | str) -> str | None:
+    """The setup of a run in words, from its ``scenario.toml``: dataset, partition,
+    clients, rounds (None when the file is missing or unreadable).
+
+    Example: ``"digits, dirichlet(α=0.3), 50 clients (10 per round), 40 rounds"``.
+    """
+    import tomllib
+
+    from fedsim.scenario import DECENTRALIZED_ALGORITHMS
+
+    try:
+        doc = tomllib.loads((Path(run_dir) / "scenario.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    data = doc.get("data", {})
+    partition = str(data.get("partition", "?"))
+    if partition == "dirichlet" and "alpha" in data:
+        partition += f"(α={data['alpha']:g})"
+    elif partition == "shards" and "shards_per_client" in data:
+        partition += f"({data['shards_per_client']}/client)"
+    n = data.get("num_clients", "?")
+    if doc.get("algorithm", {}).get("name") in DECENTRALIZED_ALGORITHMS:
+        clients = f"{n} nodes"
+    else:
+        clients = f"{n} clients ({doc.get('clients_per_round', '?')} per round)"
+    return f"{data.get('dataset', '?')}, {partition}, {clients}, {doc.get('rounds', '?')} rounds"
+
+
+def _common_setup(run_dirs: Sequence[Path]) -> str | None:
+    """The setup all ``run_dirs`` share; None when they differ or none is known."""
+    setups = {setup_text(d) for d in run_dirs}
+    return setups.pop() if len(setups) == 1 else None
+
+
+def setup_lines(run_dirs: Sequence[Path]) -> str:
+    """The setup the runs share on a new line (for a title), or ""."""
+    setup = _common_setup(run_dirs)
+    return f"\n{setup}" if setup else ""
+
+
 def _series(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:
     """The (x, y) points of ``records`` where both are present and finite."""
     xs, ys = [], []
@@ -58,6 +128,47 @@ def _series(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float],
     return xs, ys
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0.0 for one value), as ``fedsim sweep``."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def seed_band(series: Sequence[tuple[Sequence[float], Sequence[float]]], x: str
+              ) -> tuple[list[float], list[float], list[float]]:
+    """Mean and standard deviation across seeds of several (xs, ys) curves: (xs, mean, std).
+
+    Curves on the same x points (rounds, or equal byte counts) are averaged point by
+    point (on ``"round"``: the rounds every seed evaluated). Otherwise (simulated time
+    differs between seeds) each curve is interpolated linearly onto a common grid
+    from the latest first point to the earliest last point, so no curve is extrapolated.
+    """
+    import numpy as np
+
+    series = [(list(xs), list(ys)) for xs, ys in series if xs]
+    if not series:
+        return [], [], []
+    if all(xs == series[0][0] for xs, _ in series):
+        grid = series[0][0]
+        values = np.array([ys for _, ys in series], dtype=float)
+    elif x == "round":
+        common = set(series[0][0]).intersection(*(set(xs) for xs, _ in series[1:]))
+        grid = sorted(common)
+        values = np.array([[dict(zip(xs, ys, strict=True))[r] for r in grid]
+                           for xs, ys in series], dtype=float)
+    else:
+        lo, hi = max(xs[0] for xs, _ in series), min(xs[-1] for xs, _ in series)
+        if hi < lo:
+            return [], [], []
+        grid = list(np.linspace(lo, hi, _BAND_POINTS)) if hi > lo else [lo]
+        values = np.array([np.interp(grid, xs, ys) for xs, ys in series], dtype=float)
+    if not len(grid):
+        return [], [], []
+    mean = values.mean(axis=0)
+    std = values.std(axis=0, ddof=1) if len(series) > 1 else np.zeros_like(mean)
+    return [float(v) for v in grid], mean.tolist(), std.tolist()
+
+
 def _new_axes():
     """A fresh (figure, axes) pair of the standard size, off pyplot."""
     from matplotlib.figure import Figure
@@ -66,22 +177,38 @@ def _new_axes():
     return fig, fig.add_subplot()
 
 
-def _style_x(ax, x: str) -> None:
-    """Label the x axis for the column ``x`` (SI byte ticks for ``cum_bytes``)."""
-    from matplotlib.ticker import FuncFormatter
+def _style_x(ax, x: str, largest: float = 0.0) -> None:
+    """Label the x axis for the column ``x``, its unit matching the ticks.
 
-    ax.set_xlabel(X_AXES.get(x, x))
+    ``cum_bytes`` gets one SI unit for the axis (``largest`` picks it: kB, MB, ...) and
+    ticks in that unit; seconds and rounds are plain numbers (no offset or 1e4 factor).
+    """
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter
+
     if x == "cum_bytes":
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_bytes(v)))
+        unit, scale = byte_unit(largest)
+        ax.set_xlabel(f"{X_AXES[x]} ({unit})")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v / scale:g}"))
+        return
+    ax.set_xlabel(X_AXES.get(x, x))
+    if x == "round":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    ax.xaxis.set_major_formatter(formatter)
+
+
+def _title(what: str, setup: str | None) -> str:
+    return f"{what}\n{setup}" if setup else what
 
 
 def _save(fig, ax, path: Path, title: str, ylabel: str) -> Path:
     """Title, y label, grid and tight layout, then write ``path`` (atomically; see output)."""
-    ax.set_title(title)
+    ax.set_title(title, fontsize="medium")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    return save_figure(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
+    return save_figure(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format=path.suffix[1:]))
 
 
 def _line(ax, xs: list[float], ys: list[float], **kwargs: Any):
@@ -97,79 +224,148 @@ def _note_if_empty(ax, empty: bool, text: str) -> None:
         ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="gray")
 
 
-def _accuracy_plot(records: list[dict[str, Any]], x: str, path: Path, name: str) -> Path:
+def _accuracy_plot(records: list[dict[str, Any]], x: str, path: Path, name: str,
+                   setup: str | None) -> Path:
     """One run's test accuracy against column ``x``, written to ``path``."""
     fig, ax = _new_axes()
     xs, ys = _series(records, x, "test_accuracy")
     _line(ax, xs, ys)
     _note_if_empty(ax, not xs, "no evaluated rounds")
-    _style_x(ax, x)
-    return _save(fig, ax, path, f"{name}: test accuracy vs {_X_SHORT[x]}",
-                 "test accuracy")
+    _style_x(ax, x, max(xs, default=0.0))
+    return _save(fig, ax, path, _title(f"{name}: test accuracy vs {_X_SHORT[x]}", setup),
+                 "test accuracy (global model)")
 
 
-def _loss_plot(records: list[dict[str, Any]], path: Path, name: str) -> Path:
+def _loss_plot(records: list[dict[str, Any]], path: Path, name: str, setup: str | None) -> Path:
     """One run's train and test loss against round, written to ``path``."""
     fig, ax = _new_axes()
     drawn = False
-    for key, label in (("train_loss", "train loss"), ("test_loss", "test loss")):
+    for key, label in (("train_loss", TRAIN_LOSS_LABEL), ("test_loss", TEST_LOSS_LABEL)):
         xs, ys = _series(records, "round", key)
         if xs:
             _line(ax, xs, ys, label=label)
             drawn = True
     if drawn:
-        ax.legend()
+        ax.legend(fontsize="small")
     _note_if_empty(ax, not drawn, "no losses recorded")
     _style_x(ax, "round")
-    return _save(fig, ax, path, f"{name}: loss vs round", "loss")
+    return _save(fig, ax, path, _title(f"{name}: loss vs round", setup), "loss")
 
 
-def plot_run(run_dir: Path | str) -> list[Path]:
+def plot_run(run_dir: Path | str, fmt: str = "png") -> list[Path]:
     """Write the standard plots of one run into its directory.
 
     Rounds without a test accuracy (no evaluation) are skipped in the accuracy
-    plots; rounds without a loss are skipped in the loss plot.
+    plots; rounds without a loss are skipped in the loss plot. Titles name the
+    setup (dataset, partition, clients, rounds) when the run has its scenario.toml.
 
     Args:
         run_dir: a run directory written by ``RunWriter``.
+        fmt: the picture format, one of ``FORMATS`` (png, pdf, svg).
 
     Returns:
-        The paths of accuracy_vs_round.png, accuracy_vs_time.png,
-        accuracy_vs_bytes.png and loss_vs_round.png.
+        The paths of accuracy_vs_round, accuracy_vs_time, accuracy_vs_bytes and
+        loss_vs_round, each with the extension ``fmt``.
 
     Raises:
-        FedsimError: the directory or its metrics.csv is missing or malformed.
+        FedsimError: the directory or its metrics.csv is missing or malformed, or
+            an unknown format.
     """
+    check_format(fmt)
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
-    name = run_dir.resolve().name
+    name = _run_name(run_dir)
+    setup = setup_text(run_dir)
+    paths = {stem: run_dir / f"{stem}.{fmt}" for stem in RUN_FIGURES}
     return [
-        _accuracy_plot(records, "round", run_dir / "accuracy_vs_round.png", name),
-        _accuracy_plot(records, "sim_time_s", run_dir / "accuracy_vs_time.png", name),
-        _accuracy_plot(records, "cum_bytes", run_dir / "accuracy_vs_bytes.png", name),
-        _loss_plot(records, run_dir / "loss_vs_round.png", name),
+        _accuracy_plot(records, "round", paths["accuracy_vs_round"], name, setup),
+        _accuracy_plot(records, "sim_time_s", paths["accuracy_vs_time"], name, setup),
+        _accuracy_plot(records, "cum_bytes", paths["accuracy_vs_bytes"], name, setup),
+        _loss_plot(records, paths["loss_vs_round"], name, setup),
     ]
 
 
-def _labels(run_dirs: Sequence[Path], labels: Sequence[str] | None) -> list[str]:
+def _run_name(run_dir: Path) -> str:
+    """A run's name for titles: its folder, with the variant for a ``seed<k>`` folder."""
+    resolved = run_dir.resolve()
+    if resolved.name.startswith("seed") and resolved.name[4:].isdigit():
+        return f"{resolved.parent.name}/{resolved.name}"
+    return resolved.name
+
+
+def seed_dirs(folder: Path | str) -> list[Path]:
+    """The run folders of a seeds folder (``seed<k>/`` holding metrics.csv), by seed."""
+    folder = Path(folder)
+    found = []
+    try:
+        children = list(folder.iterdir())
+    except OSError:
+        return []
+    for child in children:
+        if (child.name.startswith("seed") and child.name[4:].isdigit()
+                and (child / "metrics.csv").is_file()):
+            found.append((int(child.name[4:]), child))
+    return [path for _, path in sorted(found)]
+
+
+def expand_runs(folder: Path | str) -> list[Path]:
+    """A run folder as itself; a folder without metrics.csv holding ``seed<k>/`` runs
+    (what ``fedsim run --seeds`` writes) as those runs."""
+    folder = Path(folder)
+    if not (folder / "metrics.csv").exists():
+        seeds = seed_dirs(folder)
+        if seeds:
+            return seeds
+    return [folder]
+
+
+Group = Path | str | Sequence[Path | str]
+
+
+def _groups(run_dirs: Sequence[Group]) -> list[list[Path]]:
+    """Each item as a list of run folders: a path is one run (or its seeds, see
+    ``expand_runs``); a list or tuple of paths is the seeds of one setting."""
+    groups = []
+    for item in run_dirs:
+        if isinstance(item, str | Path):
+            groups.append(expand_runs(item))
+        else:
+            groups.append([Path(d) for d in item])
+        if not groups[-1]:
+            raise FedsimError("an empty group of run directories; give at least one per setting")
+    return groups
+
+
+def _labels(groups: Sequence[Sequence[Path]], labels: Sequence[str] | None) -> list[str]:
     """The legend labels: given ones (checked), else each directory's name.
 
-    Directory names that repeat (``a/seed0``, ``b/seed0``) fall back to the paths.
+    A group of seeds is named by the folder above its runs. Names that repeat
+    (``a/seed0``, ``b/seed0``) fall back to the paths.
     """
     if labels is not None:
-        if len(labels) != len(run_dirs):
+        if len(labels) != len(groups):
             raise FedsimError(
-                f"got {len(labels)} labels for {len(run_dirs)} run directories; give one per run"
+                f"got {len(labels)} labels for {len(groups)} run directories; give one per run"
             )
         return [str(label) for label in labels]
-    names = [d.resolve().name for d in run_dirs]
+    dirs = [g[0] if len(g) == 1 else g[0].parent for g in groups]
+    names = [_run_name(g[0]) if len(g) == 1 else g[0].parent.resolve().name for g in groups]
     if len(set(names)) < len(names):
-        return [str(d) for d in run_dirs]
+        return [str(d) for d in dirs]
     return names
 
 
+def _seeds_note(groups: Sequence[Sequence[Path]]) -> str | None:
+    """"mean ± std over 3 seeds" when some setting has several seeds."""
+    counts = sorted({len(g) for g in groups})
+    if counts[-1] < 2:
+        return None
+    n = str(counts[0]) if len(counts) == 1 else "-".join(map(str, (counts[0], counts[-1])))
+    return f"mean ± std over {n} seeds"
+
+
 def plot_compare(
-    run_dirs: Sequence[Path | str],
+    run_dirs: Sequence[Group],
     out_path: Path | str,
     x: str = "sim_time_s",
     labels: Sequence[str] | None = None,
@@ -177,12 +373,17 @@ def plot_compare(
 ) -> Path:
     """Overlay the test accuracy of several runs, one line per run, each end marked by a dot.
 
+    A setting run with several seeds (a list of its run folders, or a folder of
+    ``seed<k>/`` runs) is drawn as the mean across seeds with a ± one standard
+    deviation band (``seed_band``); its legend entry and the title say how many seeds.
+
     Args:
-        run_dirs: run directories written by ``RunWriter``.
-        out_path: the PNG to write (parent directories are created).
+        run_dirs: run directories written by ``RunWriter``, or groups of them (seeds).
+        out_path: the picture to write, its extension the format (parents are created).
         x: the x axis: ``"round"``, ``"sim_time_s"`` or ``"cum_bytes"``.
-        labels: legend entries, one per run; default each directory's name.
-        title: the plot's title; default "test accuracy vs <x>".
+        labels: legend entries, one per run or group; default each directory's name.
+        title: the plot's title; default "test accuracy vs <x>". The setup the runs
+            share (dataset, partition, clients, rounds) is added below it.
 
     Returns:
         ``out_path`` as a Path.
@@ -193,21 +394,35 @@ def plot_compare(
     """
     if x not in X_AXES:
         raise FedsimError(f"x: must be one of {', '.join(X_AXES)}, got {x!r}")
-    dirs = [Path(d) for d in run_dirs]
-    if not dirs:
+    if not run_dirs:
         raise FedsimError("plot_compare: no run directories given")
-    names = _labels(dirs, labels)
-    runs = [read_metrics(d) for d in dirs]
+    groups = _groups(run_dirs)
+    names = _labels(groups, labels)
     fig, ax = _new_axes()
-    for records, label in zip(runs, names, strict=True):
-        xs, ys = _series(records, x, "test_accuracy")
-        line = _line(ax, xs, ys, label=label)
+    largest = 0.0
+    for group, label in zip(groups, names, strict=True):
+        series = [_series(read_metrics(d), x, "test_accuracy") for d in group]
+        largest = max([largest] + [max(xs, default=0.0) for xs, _ in series])
+        if len(group) == 1:
+            xs, ys = series[0]
+            line = _line(ax, xs, ys, label=label)
+        else:
+            xs, ys, std = seed_band(series, x)
+            line = _line(ax, xs, ys, label=f"{label} (n={len(group)} seeds)")
+            ax.fill_between(xs, [m - s for m, s in zip(ys, std, strict=True)],
+                            [m + s for m, s in zip(ys, std, strict=True)],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
         if xs:
             ax.plot(xs[-1:], ys[-1:], "o", markersize=6, color=line.get_color())
     ax.legend(fontsize="small")
-    _style_x(ax, x)
-    default_title = f"test accuracy vs {_X_SHORT[x]}"
-    return _save(fig, ax, Path(out_path), title or default_title, "test accuracy")
+    _style_x(ax, x, largest)
+    what = title or f"test accuracy vs {_X_SHORT[x]}"
+    note = _seeds_note(groups)
+    if note:
+        what += f" ({note})"
+    setup = _common_setup([d for g in groups for d in g])
+    ylabel = "test accuracy (global model)"
+    return _save(fig, ax, Path(out_path), _title(what, setup), ylabel)
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -215,37 +430,66 @@ def _cell(value: Any, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-def compare_table(run_dirs: Sequence[Path | str], labels: Sequence[str] | None = None) -> str:
+def _pm(values: Sequence[Any], fmt: str, text=None) -> str:
+    """``mean ± std`` of the values that are not None ("n/a" when none are)."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return "n/a"
+    mean, std = mean_std(present)
+    show = text or (lambda v: format(v, fmt))
+    return f"{show(mean)} ± {show(std)}"
+
+
+def compare_table(run_dirs: Sequence[Group], labels: Sequence[str] | None = None) -> str:
     """A Markdown table of several runs' headline numbers (see ``summarize``).
 
+    With several seeds of a setting (a list of its run folders, or a folder of
+    ``seed<k>/`` runs), its row gives ``mean ± std`` over the seeds (sample standard
+    deviation, as ``fedsim sweep``) and a ``seeds`` column says how many.
+
     Args:
-        run_dirs: run directories written by ``RunWriter``.
-        labels: row names, one per run; default each directory's name.
+        run_dirs: run directories written by ``RunWriter``, or groups of them (seeds).
+        labels: row names, one per run or group; default each directory's name.
 
     Returns:
-        The table: run, rounds, final acc, best acc, simulated time (s), total
-        bytes (SI units), stragglers, dropped; no trailing newline.
+        The table: run, (seeds,) rounds, final acc, best acc, simulated time (s),
+        total bytes (SI units), stragglers, dropped; no trailing newline.
 
     Raises:
         FedsimError: wrong number of labels, or a missing run directory / metrics.csv.
     """
-    dirs = [Path(d) for d in run_dirs]
+    groups = _groups(run_dirs)
+    seeds = any(len(g) > 1 for g in groups)
+    head = "| run | seeds " if seeds else "| run "
     lines = [
-        "| run | rounds | final acc | best acc | simulated time (s) | total bytes "
+        head + "| rounds | final acc | best acc | simulated time (s) | total bytes "
         "| stragglers | dropped |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|" + ("---:|" * (8 if seeds else 7)),
     ]
-    for run_dir, label in zip(dirs, _labels(dirs, labels), strict=True):
-        s = summarize(read_metrics(run_dir))
-        cells = [
-            label.replace("|", "\\|"),
-            str(s["rounds"]),
-            _cell(s["final_accuracy"], ".4f"),
-            _cell(s["best_accuracy"], ".4f"),
-            _cell(s["sim_time_s"], ".1f"),
-            format_bytes(s["total_bytes"]),
-            str(s["total_stragglers"]),
-            str(s["total_dropped"]),
-        ]
+    for group, label in zip(groups, _labels(groups, labels), strict=True):
+        sums = [summarize(read_metrics(d)) for d in group]
+        cells = [label.replace("|", "\\|")] + ([str(len(group))] if seeds else [])
+        if len(group) == 1:
+            s = sums[0]
+            cells += [
+                str(s["rounds"]),
+                _cell(s["final_accuracy"], ".4f"),
+                _cell(s["best_accuracy"], ".4f"),
+                _cell(s["sim_time_s"], ".1f"),
+                format_bytes(s["total_bytes"]),
+                str(s["total_stragglers"]),
+                str(s["total_dropped"]),
+            ]
+        else:
+            rounds = {s["rounds"] for s in sums}
+            cells += [
+                str(rounds.pop()) if len(rounds) == 1 else _pm([s["rounds"] for s in sums], ".1f"),
+                _pm([s["final_accuracy"] for s in sums], ".4f"),
+                _pm([s["best_accuracy"] for s in sums], ".4f"),
+                _pm([s["sim_time_s"] for s in sums], ".1f"),
+                _pm([s["total_bytes"] for s in sums], "", text=format_bytes),
+                _pm([s["total_stragglers"] for s in sums], ".1f"),
+                _pm([s["total_dropped"] for s in sums], ".1f"),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
