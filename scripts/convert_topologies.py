@@ -4,7 +4,7 @@ Usage:
     python scripts/convert_topologies.py [--src DIR] [--dst DIR] [NAME ...]
 
 Defaults: read ``abilene`` and ``geant2012`` from ``/work/shared/data/topologies`` (or
-``$FEDSIM_TOPOLOGY_SRC``), write ``topologies/<name>.graphml`` in the repository.
+``$FEDSIM_TOPOLOGY_SRC``), write ``fedsim/topologies/<name>.graphml`` (shipped in the wheel).
 
 Each output graph is undirected and simple, with nodes 0..n-1 carrying ``label``,
 ``lat``, ``lon`` and ``country``; every edge carries
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=list(DEFAULT_NAMES))
     parser.add_argument("--src", type=Path, default=DEFAULT_SRC)
-    parser.add_argument("--dst", type=Path, default=REPO / "topologies")
+    parser.add_argument("--dst", type=Path, default=REPO / "fedsim" / "topologies")
     args = parser.parse_args(argv)
     for name in args.names:
         src = args.src / f"{name}.graphml"
