@@ -107,7 +107,7 @@ def _adaptive(lr: float, beta1: float, tau: float, v0: float,
     return ServerOpt(init=lambda d: ServerState(0, None, None), apply=apply)
 
 
-def fedadagrad(lr: float = 0.1, beta1: float = 0.0, tau: float = 1e-9,
+def fedadagrad(lr: float = 0.1, beta1: float = 0.0, tau: float = 1e-3,
                v0: float = 0.0) -> ServerOpt:
     """FedAdagrad: ``v_t = v_{t-1} + Delta_t^2``.
 
@@ -123,7 +123,7 @@ def fedadagrad(lr: float = 0.1, beta1: float = 0.0, tau: float = 1e-9,
     return _adaptive(lr, beta1, tau, v0, lambda v, d2: v + d2)
 
 
-def fedadam(lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-9,
+def fedadam(lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3,
             v0: float = 0.0, bias_correction: str = "none") -> ServerOpt:
     """FedAdam: ``v_t = beta2 * v_{t-1} + (1 - beta2) * Delta_t^2``.
 
