@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from fedsim.cli import main
 from fedsim.config import AlgorithmConfig
+from fedsim.errors import ScenarioError
 from fedsim.stages.aggregate import weighted_mean
 from fedsim.stages.server import (
     SERVER_OPTS,
@@ -398,3 +399,21 @@ def test_every_server_opt_builds_from_its_defaults():
     from fedsim.algorithms import build_algorithm
 
     assert build_algorithm(cfg).server.init(3) == ServerState(0, None, None)
+
+
+def test_variants_compare_server_optimizers(tmp_path):
+    from fedsim.scenario import expand_variants, load_scenario
+
+    path = tmp_path / "v.toml"
+    path.write_text(
+        'name = "v"\nrounds = 1\nclients_per_round = 2\n[data]\ndataset = "digits"\n'
+        'num_clients = 4\n[variants]\nsgd = {}\n'
+        'adam = { "algorithm.server_opt" = { name = "fedadam", lr = 0.01 } }\n'
+        'yogi = { "algorithm.server_opt.name" = "fedyogi" }\n')
+    runs = dict(expand_variants(load_scenario(path)))
+    assert runs["sgd"].algorithm.server_opt == {"name": "sgd"}
+    assert runs["adam"].algorithm.server_opt == {"name": "fedadam", "lr": 0.01}
+    assert runs["yogi"].algorithm.server_opt == {"name": "fedyogi"}
+    path.write_text(path.read_text().replace("lr = 0.01", "lr = -1"))
+    with pytest.raises(ScenarioError, match=r"variants\.adam\.algorithm\.server_opt\.lr"):
+        load_scenario(path)
