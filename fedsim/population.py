@@ -307,8 +307,8 @@ class Population:
         leaves = [m for m in self.model.modules() if not any(True for _ in m.children())]
         handles = [m.register_forward_hook(hook) for m in leaves]
         try:
-            with torch.no_grad():
-                self.model(self.x[:1])
+            with self._probe(training=False) as buffers:
+                functional_call(self.model, buffers, (self.x[:1],))
         except Exception:  # noqa: BLE001 - only an estimate; fall back to the input size
             sizes = [self.x[:1].numel()]
         finally:
@@ -327,21 +327,33 @@ class Population:
         dropout = any(isinstance(m, _DropoutNd) and m.p > 0 for m in self.model.modules())
         if len(self.x) == 0:
             return dropout
+        try:
+            with self._probe(training=True) as buffers:
+                before = _rng_states(self.device)
+                functional_call(self.model, buffers, (self.x[:2],))
+                moved = any(not torch.equal(a, b)
+                            for a, b in zip(before, _rng_states(self.device), strict=True))
+        except Exception:  # noqa: BLE001 - the probe is a hint; training reports real errors
+            moved = False
+        return moved or dropout
+
+    @contextmanager
+    def _probe(self, training: bool):
+        """A forward pass that leaves no trace: the given mode, no grad, forked RNG.
+
+        Yields copies of the model's buffers (pass them to ``functional_call``, so
+        BatchNorm statistics are not updated); the modules' modes and the caller's global
+        RNG are restored on exit.
+        """
         modes = [m.training for m in self.model.modules()]
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
         try:
             with torch.random.fork_rng(devices=_cuda_index(self.device)), torch.no_grad():
-                before = _rng_states(self.device)
-                self.model.train()
-                functional_call(self.model, buffers, (self.x[:2],))
-                after = _rng_states(self.device)
-            moved = any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
-        except Exception:  # noqa: BLE001 - the probe is a hint; training reports real errors
-            moved = False
+                self.model.train(training)
+                yield buffers
         finally:
-            for m, training in zip(self.model.modules(), modes, strict=True):
-                m.training = training
-        return moved or dropout
+            for m, mode in zip(self.model.modules(), modes, strict=True):
+                m.training = mode
 
     def _fused_chunk_size(self, batch_size: int) -> int:
         """Clients per chunk of the fused engine: the user's cap, or its workspace budget."""

@@ -120,8 +120,9 @@ def _mask_updates(engine: str, seed: int, chunk: int | None = None, clients: int
     """Every client trains one step on the same two all-ones samples; ``[m, 2, 32]``."""
     x, y = torch.ones(2, 32), torch.tensor([0, 0])
     kw = dict(ENGINES[engine], max_batched_clients=chunk)
-    pop = Population(_mask_net(), x, y, **kw)
+    model = _mask_net()
     state = torch.random.get_rng_state()
+    pop = Population(model, x, y, **kw)  # its probes of the model draw nothing either
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback to the loop
         res = pop.train(pop.flat_params(), [torch.tensor([0, 1])] * clients, lr=1.0, epochs=1,
@@ -147,6 +148,27 @@ def test_dropout_masks_differ_across_clients_and_repeat_across_reruns(engine, ch
     for i, j in itertools.combinations(range(len(kept)), 2):
         assert not torch.equal(kept[i], kept[j]), (i, j)
     assert 0.1 < 1 - kept.float().mean().item() < 0.4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_dropout_on_cuda_is_seeded_and_leaves_the_global_rngs_alone():
+    x, y = torch.ones(2, 32), torch.tensor([0, 0])
+    runs = []
+    for global_seed in (5, 6):
+        torch.cuda.manual_seed(global_seed)
+        model = _mask_net()
+        cpu, gpu = torch.random.get_rng_state(), torch.cuda.get_rng_state()
+        pop = Population(model, x, y, device="cuda")
+        res = pop.train(pop.flat_params(), [torch.tensor([0, 1])] * 6, lr=1.0, epochs=1,
+                        batch_size=2, gen=_gen(1))
+        assert torch.equal(torch.random.get_rng_state(), cpu)
+        assert torch.equal(torch.cuda.get_rng_state(), gpu)
+        assert pop.stochastic and pop.engine == "vmap"
+        runs.append(res.updates.view(6, 2, 32).cpu())
+    assert torch.equal(runs[0], runs[1])
+    kept = runs[0][:, 0, :] != 0
+    for i, j in itertools.combinations(range(len(kept)), 2):
+        assert not torch.equal(kept[i], kept[j]), (i, j)
 
 
 def _mean_update(model: nn.Module, engine: str, clients: int = 300) -> torch.Tensor:
