@@ -297,3 +297,22 @@ def test_grid_and_spring_layouts_have_no_wrap_edges():
 def test_draw_torus_in_each_format(tmp_path):
     for fmt in ("png", "pdf", "svg"):
         assert_format(draw_topology(torus(rows=8, cols=8), tmp_path / f"t.{fmt}"), fmt)
+
+
+def test_setup_of_a_comparison_is_what_the_runs_share(tmp_path):
+    from fedsim.results.plots import _accuracy_label, _common_setup
+
+    runs = []
+    for algorithm, extra in (("fedavg", "clients_per_round = 4\n"), ("dsgd", "")):
+        run = tmp_path / algorithm
+        run.mkdir()
+        (run / "scenario.toml").write_text(
+            f'rounds = 5\n{extra}[data]\ndataset = "digits"\npartition = "iid"\n'
+            f'num_clients = 16\n[algorithm]\nname = "{algorithm}"\n')
+        runs.append(run)
+    assert setup_text(runs[0]) == "digits, iid, 16 clients (4 per round), 5 rounds"
+    assert setup_text(runs[1]) == "digits, iid, 16 nodes, 5 rounds"
+    assert _common_setup(runs) == "digits, iid, 5 rounds"
+    assert _accuracy_label(runs[:1]) == "test accuracy (global model)"
+    assert _accuracy_label(runs[1:]) == "test accuracy (nodes' average model)"
+    assert setup_text(tmp_path) is None  # no scenario.toml: no setup line

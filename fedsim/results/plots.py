@@ -32,6 +32,8 @@ _MARKER_MAX_POINTS = 60
 _BAND_POINTS = 200
 TRAIN_LOSS_LABEL = "train: clients' local minibatch loss (mean)"
 TEST_LOSS_LABEL = "test: global model"
+# decentralized runs: no server; the test columns are of the nodes' average model
+NODE_LOSS_LABELS = ("train: nodes' local minibatch loss (mean)", "test: nodes' average model")
 
 
 def format_bytes(nbytes: float) -> str:
@@ -82,13 +84,14 @@ def setup_text(run_dir: Path | str) -> str | None:
 
     Example: ``"digits, dirichlet(α=0.3), 50 clients (10 per round), 40 rounds"``.
     """
-    import tomllib
+    parts = _setup_parts(run_dir)
+    return None if parts is None else ", ".join(parts)
 
-    from fedsim.scenario import DECENTRALIZED_ALGORITHMS
 
-    try:
-        doc = tomllib.loads((Path(run_dir) / "scenario.toml").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def _setup_parts(run_dir: Path | str) -> list[str] | None:
+    """dataset, partition, clients (or nodes), rounds: the parts of ``setup_text``."""
+    doc = _scenario_doc(run_dir)
+    if doc is None:
         return None
     data = doc.get("data", {})
     partition = str(data.get("partition", "?"))
@@ -97,17 +100,49 @@ def setup_text(run_dir: Path | str) -> str | None:
     elif partition == "shards" and "shards_per_client" in data:
         partition += f"({data['shards_per_client']}/client)"
     n = data.get("num_clients", "?")
-    if doc.get("algorithm", {}).get("name") in DECENTRALIZED_ALGORITHMS:
+    if _decentralized(doc):
         clients = f"{n} nodes"
     else:
         clients = f"{n} clients ({doc.get('clients_per_round', '?')} per round)"
-    return f"{data.get('dataset', '?')}, {partition}, {clients}, {doc.get('rounds', '?')} rounds"
+    return [str(data.get("dataset", "?")), partition, clients, f"{doc.get('rounds', '?')} rounds"]
+
+
+def _scenario_doc(run_dir: Path | str) -> dict | None:
+    """The run's resolved ``scenario.toml`` as a dict (None when missing or unreadable)."""
+    import tomllib
+
+    try:
+        return tomllib.loads((Path(run_dir) / "scenario.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _decentralized(doc: dict | None) -> bool:
+    """The scenario is a decentralized one (nodes, no server)."""
+    from fedsim.scenario import DECENTRALIZED_ALGORITHMS
+
+    algorithm = (doc or {}).get("algorithm", {})
+    return isinstance(algorithm, dict) and algorithm.get("name") in DECENTRALIZED_ALGORITHMS
+
+
+def _accuracy_label(run_dirs: Sequence[Path]) -> str:
+    """The y label of accuracy: of the global model, or of the nodes' average model
+    (decentralized runs), or both in a comparison of the two kinds."""
+    kinds = {_decentralized(_scenario_doc(d)) for d in run_dirs}
+    if kinds == {True}:
+        return "test accuracy (nodes' average model)"
+    if kinds == {False}:
+        return "test accuracy (global model)"
+    return "test accuracy (global or nodes' average model)"
 
 
 def _common_setup(run_dirs: Sequence[Path]) -> str | None:
-    """The setup all ``run_dirs`` share; None when they differ or none is known."""
-    setups = {setup_text(d) for d in run_dirs}
-    return setups.pop() if len(setups) == 1 else None
+    """The parts of the setup all ``run_dirs`` share (``setup_text``); None when none."""
+    every = [_setup_parts(d) for d in run_dirs]
+    if not every or any(parts is None for parts in every):
+        return None
+    shared = [part for i, part in enumerate(every[0]) if all(p[i] == part for p in every)]
+    return ", ".join(shared) or None
 
 
 def setup_lines(run_dirs: Sequence[Path]) -> str:
@@ -225,7 +260,7 @@ def _note_if_empty(ax, empty: bool, text: str) -> None:
 
 
 def _accuracy_plot(records: list[dict[str, Any]], x: str, path: Path, name: str,
-                   setup: str | None) -> Path:
+                   setup: str | None, ylabel: str) -> Path:
     """One run's test accuracy against column ``x``, written to ``path``."""
     fig, ax = _new_axes()
     xs, ys = _series(records, x, "test_accuracy")
@@ -233,14 +268,20 @@ def _accuracy_plot(records: list[dict[str, Any]], x: str, path: Path, name: str,
     _note_if_empty(ax, not xs, "no evaluated rounds")
     _style_x(ax, x, max(xs, default=0.0))
     return _save(fig, ax, path, _title(f"{name}: test accuracy vs {_X_SHORT[x]}", setup),
-                 "test accuracy (global model)")
+                 ylabel)
 
 
-def _loss_plot(records: list[dict[str, Any]], path: Path, name: str, setup: str | None) -> Path:
-    """One run's train and test loss against round, written to ``path``."""
+def _loss_plot(records: list[dict[str, Any]], path: Path, name: str, setup: str | None,
+               decentralized: bool = False) -> Path:
+    """One run's train and test loss against round, written to ``path``.
+
+    ``train_loss`` is labelled as what it is: the clients' (nodes') mean local
+    minibatch loss during the round, not the global model's loss on the training set.
+    """
     fig, ax = _new_axes()
     drawn = False
-    for key, label in (("train_loss", TRAIN_LOSS_LABEL), ("test_loss", TEST_LOSS_LABEL)):
+    labels = NODE_LOSS_LABELS if decentralized else (TRAIN_LOSS_LABEL, TEST_LOSS_LABEL)
+    for key, label in zip(("train_loss", "test_loss"), labels, strict=True):
         xs, ys = _series(records, "round", key)
         if xs:
             _line(ax, xs, ys, label=label)
@@ -277,11 +318,13 @@ def plot_run(run_dir: Path | str, fmt: str = "png") -> list[Path]:
     name = _run_name(run_dir)
     setup = setup_text(run_dir)
     paths = {stem: run_dir / f"{stem}.{fmt}" for stem in RUN_FIGURES}
+    acc = _accuracy_label([run_dir])
     return [
-        _accuracy_plot(records, "round", paths["accuracy_vs_round"], name, setup),
-        _accuracy_plot(records, "sim_time_s", paths["accuracy_vs_time"], name, setup),
-        _accuracy_plot(records, "cum_bytes", paths["accuracy_vs_bytes"], name, setup),
-        _loss_plot(records, paths["loss_vs_round"], name, setup),
+        _accuracy_plot(records, "round", paths["accuracy_vs_round"], name, setup, acc),
+        _accuracy_plot(records, "sim_time_s", paths["accuracy_vs_time"], name, setup, acc),
+        _accuracy_plot(records, "cum_bytes", paths["accuracy_vs_bytes"], name, setup, acc),
+        _loss_plot(records, paths["loss_vs_round"], name, setup,
+                   decentralized=_decentralized(_scenario_doc(run_dir))),
     ]
 
 
@@ -420,9 +463,9 @@ def plot_compare(
     note = _seeds_note(groups)
     if note:
         what += f" ({note})"
-    setup = _common_setup([d for g in groups for d in g])
-    ylabel = "test accuracy (global model)"
-    return _save(fig, ax, Path(out_path), _title(what, setup), ylabel)
+    every = [d for g in groups for d in g]
+    return _save(fig, ax, Path(out_path), _title(what, _common_setup(every)),
+                 _accuracy_label(every))
 
 
 def _cell(value: Any, fmt: str) -> str:
