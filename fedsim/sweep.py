@@ -381,6 +381,7 @@ def plot_sweep(table: list[dict], out: Path, title: str) -> Path:
         pos = [i + (s - (len(series) - 1) / 2) * width for i in range(len(xs))]
         ax.bar(pos, means, width, yerr=stds, capsize=2, label=" / ".join(key) or "run")
     ax.set_xticks(range(len(xs)), xs, rotation=20, ha="right")
+    ax.set_xlabel(x_axis)
     counts = sorted({r["seeds"] for r in table})
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     ax.set_ylabel(f"final test accuracy\n(mean ± std over {n} seed{'s' * (n != '1')})")
