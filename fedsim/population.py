@@ -35,6 +35,14 @@ after client from the same seeded RNG. The two paths draw different masks (both
 reproducible). A model without randomness draws no seed, so its runs are exactly
 those of a model that never had a Dropout layer.
 
+Buffers (BatchNorm running statistics) are part of a client's state: ``train``
+takes the buffers every client starts from (``[b]``, or ``[m, b]`` one row per
+client) and returns each client's buffers after training (``CohortResult.buffers``),
+and ``evaluate`` runs with given buffers. Averaging them (FedAvg) or keeping them
+per client (FedBN) is the caller's policy. A model with buffers trains one client
+at a time for now: a vmapped BatchNorm would let a client's padding slots into its
+batch statistics.
+
 References:
     McMahan et al., "Communication-Efficient Learning of Deep Networks from
     Decentralized Data" (AISTATS 2017) -- local SGD of FedAvg.
@@ -89,11 +97,15 @@ class CohortResult:
             the minibatch cross-entropy, measured before each step and without the
             proximal term; 0 for a client with no samples or ``epochs == 0``.
         num_samples: ``[m]`` int64, the number of training samples of each client.
+        buffers: ``[m, b]`` each client's buffers (BatchNorm running statistics) after its
+            local training, in ``Population.flat_buffers`` layout; None for a model
+            without buffers.
     """
 
     updates: Tensor
     losses: Tensor
     num_samples: Tensor
+    buffers: Tensor | None = None
 
 
 class Population:
@@ -149,6 +161,14 @@ class Population:
         self._shapes = tuple(p.shape for _, p in named)
         self._numels = tuple(p.numel() for _, p in named)
         self._init = parameters_to_vector([p.detach() for _, p in named]).clone()
+        buffers = list(self.model.named_buffers())
+        self._buf_names = tuple(n for n, _ in buffers)
+        self._buf_shapes = tuple(t.shape for _, t in buffers)
+        self._buf_numels = tuple(t.numel() for _, t in buffers)
+        self._buf_dtypes = tuple(t.dtype for _, t in buffers)
+        self._init_buffers = (torch.cat([t.detach().reshape(-1).to(self._init.dtype)
+                                         for _, t in buffers])
+                              if buffers else self._init.new_zeros(0))
         self.x = x.to(self.device, self._init.dtype)
         self.y = y.to(self.device, torch.long)
         self.batched = batched
@@ -166,6 +186,16 @@ class Population:
             match_mlp(self.model, tuple(self.x.shape[1:])) if fused else None)
         # [N, fan_in] rows for the fused engine (a view unless x is non-contiguous)
         self._x_rows = self.x.flatten(1) if self._fused is not None else self.x
+        if self._buf_names and batched:
+            # vmapped BatchNorm would let a client's padding slots into its batch statistics
+            self.vmap_fallback = "the model has buffers (e.g. BatchNorm)"
+            warnings.warn(
+                f"fedsim.population: {type(self.model).__name__} has buffers "
+                f"({', '.join(self._buf_names[:3])}{', ...' if len(self._buf_names) > 3 else ''}"
+                "); training clients one by one, each with its own copy",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     @property
     def engine(self) -> str:
@@ -183,6 +213,19 @@ class Population:
         """The model's initial parameters, ``[d]`` in ``parameters_to_vector`` order (a copy)."""
         return self._init.clone()
 
+    @property
+    def d_buffers(self) -> int:
+        """Number of buffer elements of the model (0 without buffers)."""
+        return self._init_buffers.numel()
+
+    def flat_buffers(self) -> Tensor:
+        """The model's initial buffers, ``[b]`` in ``named_buffers`` order (a copy).
+
+        Stored in the parameters' floating dtype; integer buffers (BatchNorm's
+        ``num_batches_tracked``) are exact while below 2**24 for float32.
+        """
+        return self._init_buffers.clone()
+
     def train(
         self,
         global_params: Tensor,
@@ -193,6 +236,7 @@ class Population:
         batch_size: int,
         mu: float = 0.0,
         gen: torch.Generator,
+        buffers: Tensor | None = None,
     ) -> CohortResult:
         """Run local SGD (FedAvg, or FedProx with ``mu > 0``) for a cohort of clients.
 
@@ -207,6 +251,9 @@ class Population:
             mu: FedProx proximal coefficient; 0 is FedAvg.
             gen: the training stream; the shuffles of all clients are drawn from it, and
                 (for a ``stochastic`` model only) one seed for the dropout masks after them.
+            buffers: for a model with buffers, ``[b]`` buffers every client starts from, or
+                ``[m, b]`` one row per client (``flat_buffers`` layout); None: the
+                model's initial buffers. Returned after training in ``CohortResult.buffers``.
 
         Returns:
             A ``CohortResult`` on the population's device.
@@ -216,22 +263,31 @@ class Population:
         """
         indices = [ix if ix.dim() == 1 else ix.reshape(-1) for ix in client_indices]
         self._check_train_args(global_params, len(indices), lr, epochs, batch_size, mu)
+        b0 = self._check_buffers(buffers, len(indices))
         w0 = global_params.detach().to(self.device, self._init.dtype)
         counts = torch.tensor([len(ix) for ix in indices], dtype=torch.long)
         if not indices:
             empty = torch.zeros(0, device=self.device)
-            return CohortResult(empty.view(0, self.d), empty, counts.to(self.device))
+            return CohortResult(empty.view(0, self.d), empty, counts.to(self.device),
+                                empty.view(0, self.d_buffers) if b0 is not None else None)
         flat = self._cat_indices(indices)  # one concatenation, one transfer
         self._check_indices(flat)
         orders = self._draw_orders(indices, counts, epochs, gen, flat=flat)  # [E, m, max_n]
         seed = _draw_seed(gen) if self.stochastic else None
         with _one_thread_for_one_client(len(indices), self.device):
+            if b0 is not None:  # models with buffers train on the loop (see __init__)
+                self.model.train()
+                with _seeded_rng(seed, self.device):
+                    updates, losses, bufs = self._train_loop(w0, orders, counts, lr, mu,
+                                                             batch_size, b0)
+                return CohortResult(updates, losses, counts.to(self.device), bufs)
             updates, losses = self._dispatch(w0, orders, counts, lr, mu, batch_size, seed=seed)
         return CohortResult(updates, losses, counts.to(self.device))
 
     @torch.no_grad()
     def evaluate(
-        self, params: Tensor, x: Tensor, y: Tensor, batch_size: int = 4096
+        self, params: Tensor, x: Tensor, y: Tensor, batch_size: int = 4096,
+        buffers: Tensor | None = None,
     ) -> tuple[float, float]:
         """Mean cross-entropy and accuracy of the model with flat ``params`` on ``(x, y)``.
 
@@ -243,6 +299,8 @@ class Population:
             x: ``[n, ...]`` inputs (any device; moved batch by batch).
             y: ``[n]`` labels.
             batch_size: samples per forward pass.
+            buffers: ``[b]`` buffers (BatchNorm running statistics) to evaluate with, in
+                ``flat_buffers`` layout; None: the model's initial buffers.
 
         Returns:
             ``(loss, accuracy)`` as Python floats.
@@ -251,6 +309,9 @@ class Population:
             raise ValueError("evaluate needs at least one sample")
         flat = params.to(self.device, self._init.dtype)
         p = dict(zip(self._names, self._unflatten(flat), strict=True))
+        b0 = self._check_buffers(buffers, None)
+        if b0 is not None:
+            p.update(self._buffer_dict(b0))
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         self.model.eval()
@@ -278,6 +339,25 @@ class Population:
             raise ValueError(f"mu must be >= 0, got {mu}")
         if not math.isfinite(lr):
             raise ValueError(f"lr must be finite, got {lr}")
+
+    def _check_buffers(self, buffers: Tensor | None, m: int | None) -> Tensor | None:
+        """Buffers on the device (``[b]``, or ``[m, b]`` when ``m`` is given); None without."""
+        if not self._buf_names:
+            if buffers is not None and buffers.numel():
+                raise ValueError("buffers given for a model without buffers")
+            return None
+        if buffers is None:
+            return self._init_buffers
+        shapes = ((self.d_buffers,),) if m is None else ((self.d_buffers,), (m, self.d_buffers))
+        if tuple(buffers.shape) not in shapes:
+            raise ValueError(f"buffers must be one of {shapes}, got {tuple(buffers.shape)}")
+        return buffers.detach().to(self.device, self._init.dtype)
+
+    def _buffer_dict(self, flat: Tensor) -> dict[str, Tensor]:
+        """Fresh buffer tensors of the model's shapes and dtypes from a ``[b]`` vector."""
+        parts = torch.split(flat, self._buf_numels)
+        return {n: t.reshape(s).to(dtype, copy=True) for n, t, s, dtype in
+                zip(self._buf_names, parts, self._buf_shapes, self._buf_dtypes, strict=True)}
 
     def _cat_indices(self, indices: Sequence[Tensor]) -> Tensor:
         """All clients' 1-D indices end to end, ``[sum n_i]`` int64 on the device.
@@ -561,31 +641,61 @@ class Population:
 
     # ------------------------------------------------------------------ loop
     def _train_loop(
-        self, w0: Tensor, orders: Tensor, counts: Tensor, lr: float, mu: float, batch_size: int
-    ) -> tuple[Tensor, Tensor]:
-        """Train the cohort one client at a time on the same minibatches as the batched path."""
-        updates, losses = [], []
+        self,
+        w0: Tensor,
+        orders: Tensor,
+        counts: Tensor,
+        lr: float,
+        mu: float,
+        batch_size: int,
+        b0: Tensor | None = None,
+    ):
+        """Train the cohort one client at a time on the same minibatches as the batched path.
+
+        With ``b0`` (``[b]`` or ``[m, b]`` buffers) every client trains with its own copy
+        of them, and the ``[m, b]`` buffers after training are returned third.
+        """
+        updates, losses, buffers = [], [], []
         for i, n in enumerate(counts.tolist()):
             start = w0[i] if w0.dim() == 2 else w0
+            bufs = None
+            if b0 is not None:
+                bufs = self._buffer_dict(b0[i] if b0.dim() == 2 else b0)
             u, loss = self._train_one(self._unflatten(start), orders[:, i, :n], lr, mu,
-                                      batch_size)
+                                      batch_size, bufs)
             updates.append(u - start)
             losses.append(loss)
-        return torch.stack(updates), torch.stack(losses)
+            if bufs is not None:
+                buffers.append(torch.cat([t.reshape(-1).to(self._init.dtype)
+                                          for t in bufs.values()]))
+        if b0 is None:
+            return torch.stack(updates), torch.stack(losses)
+        return torch.stack(updates), torch.stack(losses), torch.stack(buffers)
 
     def _train_one(
-        self, base: list[Tensor], order: Tensor, lr: float, mu: float, batch_size: int
+        self,
+        base: list[Tensor],
+        order: Tensor,
+        lr: float,
+        mu: float,
+        batch_size: int,
+        buffers: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Local SGD of one client with plain autograd; returns (flat params, mean loss)."""
+        """Local SGD of one client with plain autograd; returns (flat params, mean loss).
+
+        ``buffers``: the client's own buffer tensors, updated in place by the forward
+        passes (BatchNorm running statistics).
+        """
         params = [p.clone().requires_grad_(True) for p in base]
         epochs, n = order.shape
         loss_sum = torch.zeros((), dtype=base[0].dtype, device=self.device)
         for e in range(epochs):
             for start in range(0, n, batch_size):
                 idx = order[e, start : start + batch_size]
-                logits = functional_call(
-                    self.model, dict(zip(self._names, params, strict=True)), (self.x[idx],)
-                )
+                state = dict(zip(self._names, params, strict=True))
+                if buffers is not None:
+                    state.update(buffers)
+                logits = functional_call(self.model, state, (self.x[idx],))
                 loss = F.cross_entropy(logits, self.y[idx])
                 grads = list(torch.autograd.grad(loss, params))
                 with torch.no_grad():

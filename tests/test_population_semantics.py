@@ -342,9 +342,13 @@ def test_each_client_trains_on_its_own_samples_once_per_epoch(engine, chunk, epo
             torch.testing.assert_close(b, b.round())
 
 
-def _reference_sgd(model: nn.Module, x, y, w0, order: torch.Tensor, lr: float, bs: int):
-    """Plain PyTorch local SGD over the given ``[epochs, n]`` sample order."""
-    net = copy.deepcopy(model)
+def _reference_sgd(model: nn.Module, x, y, w0, order: torch.Tensor, lr: float, bs: int,
+                   load_buffers: bool = True):
+    """Plain PyTorch local SGD over the given ``[epochs, n]`` sample order.
+
+    ``load_buffers=False`` trains ``model`` itself (its buffers are then the result).
+    """
+    net = copy.deepcopy(model) if load_buffers else model
     vector_to_parameters(w0.clone(), net.parameters())
     losses = []
     for epoch in order:
@@ -401,3 +405,87 @@ def test_drawn_shuffles_are_fresh_permutations_replayed_by_plain_sgd(engine, chu
     patterns = [torch.searchsorted(clients[i].sort().values, orders[:, i].contiguous())
                 for i in (a, b)]
     assert not torch.equal(patterns[0], patterns[1])
+
+
+# ------------------------------------------------------------------------- buffers
+def _bn_net() -> nn.Sequential:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def _flat_buffers(net: nn.Module) -> torch.Tensor:
+    return torch.cat([b.detach().reshape(-1).float() for b in net.buffers()])
+
+
+def _load_buffers(net: nn.Module, flat: torch.Tensor) -> None:
+    for b, part in zip(net.buffers(), torch.split(flat, [b.numel() for b in net.buffers()]),
+                       strict=True):
+        b.copy_(part.view_as(b).to(b.dtype))
+
+
+@pytest.mark.parametrize("per_client", [False, True])
+def test_batchnorm_statistics_follow_a_hand_written_per_client_loop(per_client):
+    sizes = [8, 6, 4, 10]  # batch 4: no minibatch of one sample (BatchNorm1d needs two)
+    x, y = _data(sum(sizes))
+    model = _bn_net()
+    with pytest.warns(RuntimeWarning, match="buffers"):
+        pop = Population(model, x, y)
+    assert pop.engine == "loop" and pop.d_buffers == 16 + 16 + 1
+    b0 = pop.flat_buffers()
+    assert torch.equal(b0, _flat_buffers(model))
+    g = torch.Generator().manual_seed(3)
+    b0[-1] = 5.0  # num_batches_tracked
+
+    def moved() -> torch.Tensor:  # other running statistics (the count stays an integer)
+        return b0 + F.pad(0.1 * torch.rand(32, generator=g), (0, 1))
+
+    if per_client:  # e.g. FedBN: each client starts from its own statistics
+        b0 = torch.stack([moved() for _ in sizes])
+    else:
+        b0 = moved()
+    drawn: list[torch.Tensor] = []
+    draw = pop._draw_orders
+    pop._draw_orders = lambda *a, **k: drawn.append(draw(*a, **k)) or drawn[-1]
+    clients = _clients(sizes, seed=2)
+    w0 = pop.flat_params()
+    res = pop.train(w0, clients, lr=0.3, epochs=2, batch_size=4, gen=_gen(), buffers=b0)
+    assert res.buffers is not None and res.buffers.shape == (len(sizes), pop.d_buffers)
+    for i, own in enumerate(clients):
+        net = copy.deepcopy(model)
+        _load_buffers(net, b0[i] if per_client else b0)
+        net.train()
+        u, loss = _reference_sgd(net, x, y, w0, drawn[0][:, i, : len(own)], 0.3, 4,
+                                 load_buffers=False)
+        torch.testing.assert_close(res.updates[i], u, atol=2e-5, rtol=1e-4)
+        assert res.losses[i].item() == pytest.approx(loss, rel=1e-4)
+        torch.testing.assert_close(res.buffers[i], _flat_buffers(net), atol=1e-6, rtol=1e-5)
+        assert res.buffers[i, -1].item() == (b0[i, -1] if per_client else b0[-1]).item() + 2 * (
+            -(-len(own) // 4))  # num_batches_tracked counts the client's steps
+    # the population's module and the caller's keep their statistics
+    assert torch.equal(_flat_buffers(pop.model), _flat_buffers(model))
+    assert torch.equal(pop.flat_buffers(), _flat_buffers(model))
+
+
+def test_evaluate_uses_the_given_running_statistics_in_eval_mode():
+    x, y = _data(40)
+    with pytest.warns(RuntimeWarning, match="buffers"):
+        pop = Population(_bn_net(), x, y)
+    buffers = pop.flat_buffers()
+    buffers[:16] = torch.linspace(-1, 1, 16)  # running mean
+    buffers[16:32] = torch.linspace(0.5, 2, 16)  # running variance
+    w = pop.flat_params()
+    net = copy.deepcopy(pop.model).eval()
+    _load_buffers(net, buffers)
+    with torch.no_grad():
+        logits = net(x)
+    expect = (F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item())
+    one_by_one = pop.evaluate(w, x, y, batch_size=1, buffers=buffers)
+    assert one_by_one == pytest.approx(expect, rel=1e-5)
+    assert pop.evaluate(w, x, y, buffers=buffers) == pytest.approx(one_by_one, rel=1e-6)
+    assert pop.evaluate(w, x, y) != pytest.approx(one_by_one, rel=1e-3)  # initial statistics
+    with pytest.raises(ValueError, match="buffers"):
+        pop.evaluate(w, x, y, buffers=buffers[:-1])
+    with pytest.raises(ValueError, match="buffers"):
+        plain = Population(_net(nn.Identity()), x, y)
+        plain.evaluate(plain.flat_params(), x, y, buffers=buffers)
