@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -191,6 +192,12 @@ def test_a_wheel_installed_elsewhere_runs_the_shipped_scenarios(tmp_path):
           "--no-index", "--disable-pip-version-check", "-q", "-w", str(tmp_path / "dist")],
          cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("fedsim-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:  # every shipped file, not only the ones used below
+        packed = set(zf.namelist())
+    for folder in (SCENARIOS_DIR, TOPOLOGIES_DIR):
+        for path in folder.rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                assert path.relative_to(ROOT).as_posix() in packed
     venv = tmp_path / "venv"
     _run([py, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path)
     vpy = venv / "bin" / "python"
