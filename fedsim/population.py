@@ -39,9 +39,10 @@ Buffers (BatchNorm running statistics) are part of a client's state: ``train``
 takes the buffers every client starts from (``[b]``, or ``[m, b]`` one row per
 client) and returns each client's buffers after training (``CohortResult.buffers``),
 and ``evaluate`` runs with given buffers. Averaging them (FedAvg) or keeping them
-per client (FedBN) is the caller's policy. A model with buffers trains one client
-at a time for now: a vmapped BatchNorm would let a client's padding slots into its
-batch statistics.
+per client (FedBN) is the caller's policy. A model with buffers trains batched too,
+each client's buffers a row of the vmap; a step in which a client has fewer than
+``batch_size`` real samples (its last, partial minibatch) is taken for that client
+alone, so padding slots never enter its batch statistics.
 
 References:
     McMahan et al., "Communication-Efficient Learning of Deep Networks from
@@ -186,16 +187,8 @@ class Population:
             match_mlp(self.model, tuple(self.x.shape[1:])) if fused else None)
         # [N, fan_in] rows for the fused engine (a view unless x is non-contiguous)
         self._x_rows = self.x.flatten(1) if self._fused is not None else self.x
-        if self._buf_names and batched:
-            # vmapped BatchNorm would let a client's padding slots into its batch statistics
-            self.vmap_fallback = "the model has buffers (e.g. BatchNorm)"
-            warnings.warn(
-                f"fedsim.population: {type(self.model).__name__} has buffers "
-                f"({', '.join(self._buf_names[:3])}{', ...' if len(self._buf_names) > 3 else ''}"
-                "); training clients one by one, each with its own copy",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        self._vgrad_buffers = vmap(grad_and_value(self._client_loss_buffers),
+                                   randomness="different" if self.stochastic else "error")
 
     @property
     def engine(self) -> str:
@@ -275,14 +268,9 @@ class Population:
         orders = self._draw_orders(indices, counts, epochs, gen, flat=flat)  # [E, m, max_n]
         seed = _draw_seed(gen) if self.stochastic else None
         with _one_thread_for_one_client(len(indices), self.device):
-            if b0 is not None:  # models with buffers train on the loop (see __init__)
-                self.model.train()
-                with _seeded_rng(seed, self.device):
-                    updates, losses, bufs = self._train_loop(w0, orders, counts, lr, mu,
-                                                             batch_size, b0)
-                return CohortResult(updates, losses, counts.to(self.device), bufs)
-            updates, losses = self._dispatch(w0, orders, counts, lr, mu, batch_size, seed=seed)
-        return CohortResult(updates, losses, counts.to(self.device))
+            updates, losses, bufs = self._dispatch(w0, orders, counts, lr, mu, batch_size,
+                                                   seed=seed, b0=b0)
+        return CohortResult(updates, losses, counts.to(self.device), bufs)
 
     @torch.no_grad()
     def evaluate(
@@ -449,7 +437,7 @@ class Population:
         if self.max_batched_clients is not None:
             return self.max_batched_clients
         per_sample = 3 * self._act_numel + self.x[:1].numel()
-        per_client_bytes = 4 * (4 * self.d + batch_size * per_sample)
+        per_client_bytes = 4 * (4 * self.d + 2 * self.d_buffers + batch_size * per_sample)
         return max(1, self._memory_budget() // per_client_bytes)
 
     def _memory_budget(self) -> int:
@@ -514,11 +502,14 @@ class Population:
         mu: float,
         batch_size: int,
         seed: int | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        b0: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Train batched when possible; fall back to the loop once, with a warning.
 
         The model is in ``train()`` mode; with a ``seed`` (a ``stochastic`` model) each
-        path runs with the global RNG seeded from it, restored afterwards.
+        path runs with the global RNG seeded from it, restored afterwards. ``b0``: the
+        clients' starting buffers (a model with buffers); returns (updates, losses,
+        buffers after training or None).
         """
         engine = self.engine
         if engine == "fused_mlp" and w0.dim() == 2:
@@ -526,10 +517,10 @@ class Population:
         self.model.train()
         if engine != "loop":
             try:
-                if engine == "fused_mlp":
-                    return self._train_fused(w0, orders, counts, lr, mu, batch_size)
+                if engine == "fused_mlp":  # a Linear/ReLU stack has no buffers
+                    return (*self._train_fused(w0, orders, counts, lr, mu, batch_size), None)
                 with _seeded_rng(seed, self.device):
-                    return self._train_batched(w0, orders, counts, lr, mu, batch_size)
+                    return self._train_batched(w0, orders, counts, lr, mu, batch_size, b0)
             except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
                 self.vmap_fallback = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 warnings.warn(
@@ -539,7 +530,7 @@ class Population:
                     stacklevel=3,
                 )
         with _seeded_rng(seed, self.device):
-            return self._train_loop(w0, orders, counts, lr, mu, batch_size)
+            return self._train_loop(w0, orders, counts, lr, mu, batch_size, b0)
 
     # ----------------------------------------------------------------- fused
     def _train_fused(
@@ -578,21 +569,35 @@ class Population:
         return (ce * mask).sum() / mask.sum().clamp_min(1.0)
 
     def _train_batched(
-        self, w0: Tensor, orders: Tensor, counts: Tensor, lr: float, mu: float, batch_size: int
-    ) -> tuple[Tensor, Tensor]:
+        self,
+        w0: Tensor,
+        orders: Tensor,
+        counts: Tensor,
+        lr: float,
+        mu: float,
+        batch_size: int,
+        b0: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Train the cohort in vmapped chunks of at most ``_chunk_size`` clients."""
         chunk = self._chunk_size(batch_size)
         m = len(counts)
         # Each chunk trains in place in its rows of the result: no per-chunk buffers to concatenate.
         updates = w0.new_empty(m, self.d)
         losses = w0.new_empty(m)
+        buffers = None if b0 is None else w0.new_empty(m, self.d_buffers)
         for start in range(0, m, chunk):
-            c = counts[start : start + chunk]
-            o = orders[:, start : start + chunk, : int(c.max())]
-            start_rows = w0[start : start + chunk] if w0.dim() == 2 else w0
-            self._train_chunk(start_rows, o, c, lr, mu, batch_size,
-                              out=(updates[start : start + chunk], losses[start : start + chunk]))
-        return updates, losses
+            rows = slice(start, start + chunk)
+            c = counts[rows]
+            o = orders[:, rows, : int(c.max())]
+            start_rows = w0[rows] if w0.dim() == 2 else w0
+            if b0 is None or buffers is None:
+                self._train_chunk(start_rows, o, c, lr, mu, batch_size,
+                                  out=(updates[rows], losses[rows]))
+            else:
+                self._train_chunk_buffers(start_rows, o, c, lr, mu, batch_size,
+                                          b0[rows] if b0.dim() == 2 else b0,
+                                          out=(updates[rows], losses[rows], buffers[rows]))
+        return updates, losses, buffers
 
     def _train_chunk(
         self,
@@ -639,6 +644,105 @@ class Population:
         torch.div(loss_sum, _num_steps(n_dev, bs, epochs), out=out[1])
         return flat.sub_(w0), out[1]
 
+    def _client_loss_buffers(
+        self, params: tuple[Tensor, ...], buffers: tuple[Tensor, ...], xb: Tensor, yb: Tensor,
+        mask: Tensor,
+    ):
+        """``_client_loss`` with the client's own buffers (updated in place by BatchNorm)."""
+        state = dict(zip(self._names, params, strict=True))
+        state.update(zip(self._buf_names, buffers, strict=True))
+        logits = functional_call(self.model, state, (xb,))
+        ce = F.cross_entropy(logits, yb, reduction="none")
+        return (ce * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def _train_chunk_buffers(
+        self,
+        w0: Tensor,
+        orders: Tensor,
+        counts: Tensor,
+        lr: float,
+        mu: float,
+        batch_size: int,
+        b0: Tensor,
+        out: tuple[Tensor, Tensor, Tensor],
+    ) -> None:
+        """``_train_chunk`` for a model with buffers (BatchNorm), writing into ``out``.
+
+        Each client's buffers ride along in the vmap, so BatchNorm updates that client's
+        own running statistics. A client with fewer than ``batch_size`` real samples in
+        a step takes that step alone, on its real samples only (padding slots must not
+        enter its batch statistics); its buffers are restored from before the vmapped
+        step first. A step with no real sample leaves the client's buffers as they were.
+        """
+        epochs, m, _ = orders.shape
+        bs = batch_size
+        n_dev = counts.to(self.device)
+        n_list = counts.tolist()
+        orders, mask = _step_layout(orders, n_dev, bs, w0.dtype)
+        steps = orders.shape[1]
+        updates, losses, buffers_out = out
+        flat = updates.copy_(w0.expand(m, -1))  # [m, d]; params are views into its rows
+        params = self._unflatten_rows(flat)
+        if w0.dim() == 2:
+            anchors = self._unflatten_rows(w0)
+        else:
+            anchors = [p.unsqueeze(0).expand_as(q)
+                       for p, q in zip(self._unflatten(w0), params, strict=True)]
+        rows = b0.expand(m, -1) if b0.dim() == 1 else b0
+        buffers = [t.reshape(m, *shape).to(dtype, copy=True) for t, shape, dtype in
+                   zip(torch.split(rows, self._buf_numels, dim=1), self._buf_shapes,
+                       self._buf_dtypes, strict=True)]
+        feat = self.x.shape[1:]
+        loss_sum = torch.zeros(m, dtype=w0.dtype, device=self.device)
+        for e in range(epochs):
+            for s in range(steps):
+                short = [r for r, n in enumerate(n_list) if n < (s + 1) * bs]
+                idx = orders[e, s].reshape(-1)
+                xb, yb = self.x[idx].view(m, bs, *feat), self.y[idx].view(m, bs)
+                kept = [b[short].clone() for b in buffers] if short else []
+                grads, loss = self._vgrad_buffers(tuple(params), tuple(buffers), xb, yb, mask[s])
+                step_mask = None
+                if short:
+                    step_mask = torch.ones(m, dtype=w0.dtype, device=self.device)
+                    step_mask[short] = 0.0
+                    loss = loss * step_mask
+                    for b, k in zip(buffers, kept, strict=True):
+                        b[short] = k
+                _sgd_step(params, list(grads), anchors, lr, mu, step_mask)
+                loss_sum += loss
+                for r in short:
+                    c = n_list[r] - s * bs
+                    if c > 0:
+                        loss_sum[r] += self._client_step(r, params, anchors, buffers,
+                                                         orders[e, s, r, :c], lr, mu)
+        torch.div(loss_sum, _num_steps(n_dev, bs, epochs), out=losses)
+        torch.cat([b.reshape(m, -1).to(w0.dtype) for b in buffers], dim=1, out=buffers_out)
+        flat.sub_(w0)
+
+    def _client_step(
+        self,
+        r: int,
+        params: list[Tensor],
+        anchors: list[Tensor],
+        buffers: list[Tensor],
+        idx: Tensor,
+        lr: float,
+        mu: float,
+    ) -> Tensor:
+        """One SGD step of client ``r`` of a chunk on samples ``idx``, in place in its rows.
+
+        Returns the step's mean cross-entropy.
+        """
+        base = [p[r] for p in params]
+        leaves = [t.detach().clone().requires_grad_(True) for t in base]
+        state = dict(zip(self._names, leaves, strict=True))
+        state.update(zip(self._buf_names, (b[r] for b in buffers), strict=True))
+        loss = F.cross_entropy(functional_call(self.model, state, (self.x[idx],)), self.y[idx])
+        grads = list(torch.autograd.grad(loss, leaves))
+        with torch.no_grad():
+            _sgd_step(base, grads, [a[r] for a in anchors], lr, mu, None)
+        return loss.detach()
+
     # ------------------------------------------------------------------ loop
     def _train_loop(
         self,
@@ -649,11 +753,11 @@ class Population:
         mu: float,
         batch_size: int,
         b0: Tensor | None = None,
-    ):
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Train the cohort one client at a time on the same minibatches as the batched path.
 
         With ``b0`` (``[b]`` or ``[m, b]`` buffers) every client trains with its own copy
-        of them, and the ``[m, b]`` buffers after training are returned third.
+        of them, and the ``[m, b]`` buffers after training are returned third (else None).
         """
         updates, losses, buffers = [], [], []
         for i, n in enumerate(counts.tolist()):
@@ -668,9 +772,8 @@ class Population:
             if bufs is not None:
                 buffers.append(torch.cat([t.reshape(-1).to(self._init.dtype)
                                           for t in bufs.values()]))
-        if b0 is None:
-            return torch.stack(updates), torch.stack(losses)
-        return torch.stack(updates), torch.stack(losses), torch.stack(buffers)
+        return (torch.stack(updates), torch.stack(losses),
+                torch.stack(buffers) if b0 is not None else None)
 
     def _train_one(
         self,

@@ -343,13 +343,14 @@ def test_each_client_trains_on_its_own_samples_once_per_epoch(engine, chunk, epo
 
 
 def _reference_sgd(model: nn.Module, x, y, w0, order: torch.Tensor, lr: float, bs: int,
-                   load_buffers: bool = True):
+                   load_buffers: bool = True, mu: float = 0.0):
     """Plain PyTorch local SGD over the given ``[epochs, n]`` sample order.
 
     ``load_buffers=False`` trains ``model`` itself (its buffers are then the result).
     """
     net = copy.deepcopy(model) if load_buffers else model
     vector_to_parameters(w0.clone(), net.parameters())
+    anchors = [p.detach().clone() for p in net.parameters()]
     losses = []
     for epoch in order:
         for start in range(0, len(epoch), bs):
@@ -358,8 +359,8 @@ def _reference_sgd(model: nn.Module, x, y, w0, order: torch.Tensor, lr: float, b
             loss = F.cross_entropy(net(x[idx]), y[idx])
             loss.backward()
             with torch.no_grad():
-                for p in net.parameters():
-                    p -= lr * p.grad
+                for p, anchor in zip(net.parameters(), anchors, strict=True):
+                    p -= lr * (p.grad + mu * (p - anchor))
             losses.append(loss.item())
     mean = sum(losses) / len(losses) if losses else 0.0
     return parameters_to_vector(net.parameters()).detach() - w0, mean
@@ -424,14 +425,18 @@ def _load_buffers(net: nn.Module, flat: torch.Tensor) -> None:
         b.copy_(part.view_as(b).to(b.dtype))
 
 
+@pytest.mark.parametrize("engine,chunk", [("vmap", None), ("vmap", 2), ("loop", None)])
 @pytest.mark.parametrize("per_client", [False, True])
-def test_batchnorm_statistics_follow_a_hand_written_per_client_loop(per_client):
-    sizes = [8, 6, 4, 10]  # batch 4: no minibatch of one sample (BatchNorm1d needs two)
+def test_batchnorm_statistics_follow_a_hand_written_per_client_loop(engine, chunk, per_client):
+    # batch 4: full and partial minibatches (never one sample: BatchNorm1d needs two), and
+    # a client without samples
+    sizes = [8, 6, 4, 10, 0, 7]
     x, y = _data(sum(sizes))
     model = _bn_net()
-    with pytest.warns(RuntimeWarning, match="buffers"):
-        pop = Population(model, x, y)
-    assert pop.engine == "loop" and pop.d_buffers == 16 + 16 + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pop = Population(model, x, y, max_batched_clients=chunk, **ENGINES[engine])
+    assert pop.d_buffers == 16 + 16 + 1
     b0 = pop.flat_buffers()
     assert torch.equal(b0, _flat_buffers(model))
     g = torch.Generator().manual_seed(3)
@@ -449,14 +454,18 @@ def test_batchnorm_statistics_follow_a_hand_written_per_client_loop(per_client):
     pop._draw_orders = lambda *a, **k: drawn.append(draw(*a, **k)) or drawn[-1]
     clients = _clients(sizes, seed=2)
     w0 = pop.flat_params()
-    res = pop.train(w0, clients, lr=0.3, epochs=2, batch_size=4, gen=_gen(), buffers=b0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the loop
+        res = pop.train(w0, clients, lr=0.3, epochs=2, batch_size=4, mu=0.1, gen=_gen(),
+                        buffers=b0)
+    assert pop.engine == engine
     assert res.buffers is not None and res.buffers.shape == (len(sizes), pop.d_buffers)
     for i, own in enumerate(clients):
         net = copy.deepcopy(model)
         _load_buffers(net, b0[i] if per_client else b0)
         net.train()
         u, loss = _reference_sgd(net, x, y, w0, drawn[0][:, i, : len(own)], 0.3, 4,
-                                 load_buffers=False)
+                                 load_buffers=False, mu=0.1)
         torch.testing.assert_close(res.updates[i], u, atol=2e-5, rtol=1e-4)
         assert res.losses[i].item() == pytest.approx(loss, rel=1e-4)
         torch.testing.assert_close(res.buffers[i], _flat_buffers(net), atol=1e-6, rtol=1e-5)
@@ -469,8 +478,7 @@ def test_batchnorm_statistics_follow_a_hand_written_per_client_loop(per_client):
 
 def test_evaluate_uses_the_given_running_statistics_in_eval_mode():
     x, y = _data(40)
-    with pytest.warns(RuntimeWarning, match="buffers"):
-        pop = Population(_bn_net(), x, y)
+    pop = Population(_bn_net(), x, y)
     buffers = pop.flat_buffers()
     buffers[:16] = torch.linspace(-1, 1, 16)  # running mean
     buffers[16:32] = torch.linspace(0.5, 2, 16)  # running variance
@@ -489,3 +497,45 @@ def test_evaluate_uses_the_given_running_statistics_in_eval_mode():
     with pytest.raises(ValueError, match="buffers"):
         plain = Population(_net(nn.Identity()), x, y)
         plain.evaluate(plain.flat_params(), x, y, buffers=buffers)
+
+
+class _SmallCNN(nn.Module):
+    """Conv -> BatchNorm2d -> ReLU -> Dropout -> Linear: the README's kind of model."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(6)
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.drop = nn.Dropout(p)
+            self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(self.drop(F.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+def test_cnn_with_batchnorm_and_dropout_trains_batched_and_reproducibly():
+    sizes = [9, 3, 1, 6]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(sum(sizes), 1, 6, 6, generator=g), torch.randint(0, 3, (sum(sizes),))
+    kw = dict(lr=0.2, epochs=2, batch_size=4, mu=0.05)
+    runs = {}
+    for p in (0.0, 0.4):
+        for engine in ("vmap", "loop"):
+            for rerun in range(2 if p else 1):
+                pop = Population(_SmallCNN(p), x, y, **ENGINES[engine])
+                state = torch.random.get_rng_state()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    runs[p, engine, rerun] = pop.train(pop.flat_params(), _clients(sizes),
+                                                       **kw, gen=_gen())
+                assert pop.engine == engine and pop.stochastic == (p > 0)
+                assert torch.equal(torch.random.get_rng_state(), state)
+    for key in (("updates", "losses", "buffers")):
+        a, b = getattr(runs[0.0, "vmap", 0], key), getattr(runs[0.0, "loop", 0], key)
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=key)
+        for engine in ("vmap", "loop"):
+            assert torch.equal(getattr(runs[0.4, engine, 0], key),
+                               getattr(runs[0.4, engine, 1], key)), (engine, key)
+    assert not torch.equal(runs[0.4, "vmap", 0].updates, runs[0.0, "vmap", 0].updates)
