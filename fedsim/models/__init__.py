@@ -1,8 +1,8 @@
 """Small torch models used by scenarios, built from a ``ModelConfig``.
 
 Every model here is a plain ``nn.Module`` without BatchNorm, dropout or other
-state, so a whole cohort of copies can be trained at once with
-``torch.func.vmap`` (see ``fedsim.population``).
+state; a whole cohort of copies is trained at once with ``torch.func.vmap`` (see
+``fedsim.population``, which also batches Dropout and BatchNorm in user models).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A small CNN: two 3x3 conv+ReLU blocks (each max-pooled while the map is large), Linear.
 
     Sizes: [1, 8, 8] -> 8x8 maps (no pooling); [1, 28, 28] -> 14 -> 7; [3, 32, 32] -> 16 -> 8.
-    No BatchNorm and no dropout, so it can be vmapped over a cohort.
+    No BatchNorm and no dropout (the golden numbers of the shipped scenarios rely on it).
 
     Args:
         input_shape: ``(channels, height, width)`` of one image.
