@@ -56,6 +56,9 @@ class AlgorithmConfig:
     # fedsim.stages.server.SERVER_OPTS (sgd with step server_lr, fedavgm, fedadagrad,
     # fedadam, fedyogi; Reddi et al., ICLR 2021); see docs/server_optimizers.md
     server_opt: dict = field(default_factory=lambda: {"name": "sgd"})
+    # the clients' local optimizer: {name = "sgd" | "adam", **parameters}
+    # (fedsim.local_opt; docs/scenarios.md); the default is plain SGD, without state
+    local_opt: dict = field(default_factory=lambda: {"name": "sgd"})
     # asynchronous decentralized algorithms (gossip_sgd, accelerated_gossip_sgd):
     gossip_rate: float = 1.0  # exchanges per edge per simulated second (Poisson)
     eval_interval_s: float = 1.0  # simulated seconds per evaluation row ("round")

@@ -43,7 +43,7 @@ ASYNC_ALGORITHMS = ("gossip_sgd", "accelerated_gossip_sgd")  # steps at each nod
 ALGORITHMS = ("fedavg", "fedprox", *DECENTRALIZED_ALGORITHMS)
 # fields whose value is a whole table (kept as one value when variants are flattened)
 TABLE_FIELDS = ("network.topology_params", "algorithm.aggregator", "algorithm.server_opt",
-                "attack.params")
+                "algorithm.local_opt", "attack.params")
 MAX_DEPTH = 32  # lists and tables nested deeper are refused (a scenario needs about 6)
 
 
@@ -333,6 +333,7 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
         _validate_decentralized(sc, base_dir)
     _validate_aggregator(a.aggregator)
     _validate_server_opt(a)
+    _validate_local_opt(a)
     _validate_attack(sc)
     _validate_variants(sc, base_dir)
     if not sc.variants:  # a file with variants runs only them; each is checked above
@@ -469,6 +470,14 @@ def _validate_server_opt(a: Any) -> None:
         raise ScenarioError("algorithm.server_opt.name", f"{a.name} has no server; "
                             "allowed: sgd")
     build_server_opt(spec, a.server_lr)
+
+
+def _validate_local_opt(a: Any) -> None:
+    """``algorithm.local_opt``: sgd or adam with parameters in range (each error names
+    ``algorithm.local_opt.<param>``); decentralized algorithms take plain SGD steps."""
+    from fedsim.local_opt import build_local_opt
+
+    build_local_opt(a.local_opt, a.name, a.name in DECENTRALIZED_ALGORITHMS)
 
 
 def _validate_attack(sc: Scenario) -> None:
