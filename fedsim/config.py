@@ -31,10 +31,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A small torch model from ``fedsim.models``."""
+    """A small torch model from ``fedsim.models``, or the user's own (``factory``)."""
 
-    name: str = "mlp"  # logreg | mlp | cnn
+    name: str = "mlp"  # logreg | mlp | cnn (unused when factory is set)
     hidden: tuple[int, ...] = (64,)  # hidden widths of the MLP
+    # "package.module:function", called as function(input_shape, num_classes) -> nn.Module;
+    # "" uses name. The module is imported from sys.path, then the scenario's folder and
+    # the working folder.
+    factory: str = ""
+    # buffers (BatchNorm running statistics) across clients: "average" (FedAvg: the
+    # clients' buffers averaged with the parameters' weights) | "local" (FedBN: each
+    # client keeps its own); no effect for a model without buffers
+    buffers: str = "average"
 
 
 @dataclass(frozen=True)

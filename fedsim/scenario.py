@@ -265,16 +265,19 @@ def _show(value: Any) -> str:
 # ---------------------------------------------------------------- validation
 
 
-def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
+def validate_scenario(sc: Scenario, base_dir: Path | None = None,
+                      load_data: bool = True) -> None:
     """Check names, ranges and referenced files; raise the first ``ScenarioError``.
 
     Args:
         sc: the scenario.
         base_dir: where relative paths (traces, data) are resolved; the scenario
             file's folder.
+        load_data: also load and split ``sc.data`` and build a ``model.factory`` model on
+            it, as the run will; False where the run is given its data (``fedsim.run``).
     """
     from fedsim.data import DATASETS, PARTITIONS
-    from fedsim.models import MODELS
+    from fedsim.models import BUFFER_POLICIES, MODELS, check_factory_spec
 
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     _name(sc.name, "name")
@@ -313,9 +316,13 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
                                 "(a folder with its standard files; fedsim never downloads)")
         _existing(d.path, base_dir, "data.path", want_dir=True)
     m = sc.model
-    _one_of(m.name, MODELS, "model.name")
+    if m.factory:  # imported and called once the data's shapes are known (_validate_data)
+        check_factory_spec(m.factory)
+    else:
+        _one_of(m.name, MODELS, "model.name")
     for i, width in enumerate(m.hidden):
         _at_least(width, 1, f"model.hidden[{i}]")
+    _one_of(m.buffers, BUFFER_POLICIES, "model.buffers")
     a = sc.algorithm
     _one_of(a.name, ALGORITHMS, "algorithm.name")
     check_tensor_value(a.lr, "algorithm.lr", 0.0, low_open=True)
@@ -335,12 +342,13 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None) -> None:
     _validate_server_opt(a)
     _validate_local_opt(a)
     _validate_attack(sc)
-    _validate_variants(sc, base_dir)
+    _validate_variants(sc, base_dir, load_data)
     if not sc.variants:  # a file with variants runs only them; each is checked above
         from fedsim.resources import check_resources
 
         check_resources(sc, base_dir)
-        _validate_data(sc, base_dir)
+        if load_data:
+            _validate_data(sc, base_dir)
 
 
 def _validate_data(sc: Scenario, base_dir: Path) -> None:
@@ -364,6 +372,17 @@ def _validate_data(sc: Scenario, base_dir: Path) -> None:
         mask = choose_byzantine(sc.data.num_clients, sc.attack.fraction, sc.seed)
         apply_data_attack(sc.attack.name, data, mask, sc.attack.params,
                           numpy_rng(sc.seed, "attack/data"))
+    if sc.model.factory:  # import it and build the model on the data's shapes
+        from fedsim.models import build_model
+
+        build_model(sc.model, data.input_shape, data.num_classes,
+                    search_dirs=model_dirs(base_dir))
+
+
+def model_dirs(base_dir: Path | None) -> tuple[Path, ...]:
+    """Where a ``model.factory`` module is looked for after ``sys.path``: the scenario's
+    folder, then the working folder."""
+    return (*((Path(base_dir),) if base_dir is not None else ()), Path.cwd())
 
 
 def _validate_network(sc: Scenario, base_dir: Path) -> None:
@@ -503,7 +522,7 @@ def _validate_attack(sc: Scenario) -> None:
                                     f"{attack.name!r}; allowed: {allowed}")
 
 
-def _validate_variants(sc: Scenario, base_dir: Path) -> None:
+def _validate_variants(sc: Scenario, base_dir: Path, load_data: bool = True) -> None:
     base = to_dict(dataclasses.replace(sc, variants={}))
     for name, overrides in sc.variants.items():
         key = f"variants.{name}"
@@ -515,7 +534,7 @@ def _validate_variants(sc: Scenario, base_dir: Path) -> None:
             raise ScenarioError(key, "a variant cannot declare variants")
         try:
             variant = from_dict(apply_overrides(base, flat.items()))
-            validate_scenario(variant, base_dir)
+            validate_scenario(variant, base_dir, load_data)
         except ScenarioError as err:
             raise ScenarioError(f"{key}.{err.key}" if err.key else key, err.message) from None
 
