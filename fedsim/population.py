@@ -68,6 +68,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.utils import parameters_to_vector
 
 from fedsim.fastmlp import FusedMLP, match_mlp
+from fedsim.local_opt import LocalOpt
 
 # Memory budget (bytes) for one vmapped chunk of clients on CPU when
 # ``max_batched_clients`` is None: stacked parameters, gradients and temporaries plus
@@ -128,6 +129,10 @@ class Population:
             budget as above on a GPU.
         fused: train a plain Linear/ReLU stack (``logreg``, ``mlp``) with the fused
             engine of ``fedsim.fastmlp``; False keeps the generic ``vmap`` path for it.
+        local_opt: the clients' optimizer (``fedsim.local_opt``); None is plain SGD.
+            Any other optimizer trains on the generic ``vmap`` (or loop) path. With
+            ``state = "keep"`` the population keeps each client's optimizer state
+            (``opt_state``) between the ``train`` calls it is in (``clients=`` ids).
 
     Attributes:
         vmap_fallback: why the batched path was abandoned for this model (None while it works).
@@ -137,6 +142,11 @@ class Population:
             with hand-written batched products, ``fedsim.fastmlp``), ``"vmap"`` (any
             other model, ``torch.func``) or ``"loop"`` (one client at a time, when
             ``batched`` is False or the batched path failed).
+        opt_state: client id -> ``(slots, step)``, the kept optimizer state of every client
+            that trained (``local_opt.state == "keep"`` only): ``slots`` a tuple of
+            ``[d]`` tensors (SGD's momentum buffer; Adam's first and second moments), and
+            ``step`` Adam's step count. Grows by ``local_opt.state_bytes(d)`` per client
+            that trained at least once.
     """
 
     def __init__(
@@ -148,6 +158,7 @@ class Population:
         batched: bool = True,
         max_batched_clients: int | None = None,
         fused: bool = True,
+        local_opt: LocalOpt | None = None,
     ):
         if not torch.is_floating_point(x):
             raise ValueError(f"x must be a floating tensor, got {x.dtype}")
@@ -173,6 +184,8 @@ class Population:
         self.x = x.to(self.device, self._init.dtype)
         self.y = y.to(self.device, torch.long)
         self.batched = batched
+        self.local_opt = local_opt if local_opt is not None else LocalOpt()
+        self.opt_state: dict[int, tuple[tuple[Tensor, ...], int]] = {}
         self.max_batched_clients = max_batched_clients
         self.vmap_fallback: str | None = None
         self._act_numel = self._activation_numel()
@@ -195,7 +208,7 @@ class Population:
         """``"fused_mlp"``, ``"vmap"`` or ``"loop"``: the path the next ``train`` takes."""
         if not self.batched or self.vmap_fallback is not None:
             return "loop"
-        return "vmap" if self._fused is None else "fused_mlp"
+        return "vmap" if self._fused is None or not self.local_opt.plain else "fused_mlp"
 
     @property
     def d(self) -> int:
@@ -230,6 +243,7 @@ class Population:
         mu: float = 0.0,
         gen: torch.Generator,
         buffers: Tensor | None = None,
+        clients: Sequence[int] | None = None,
     ) -> CohortResult:
         """Run local SGD (FedAvg, or FedProx with ``mu > 0``) for a cohort of clients.
 
@@ -247,6 +261,9 @@ class Population:
             buffers: for a model with buffers, ``[b]`` buffers every client starts from, or
                 ``[m, b]`` one row per client (``flat_buffers`` layout); None: the
                 model's initial buffers. Returned after training in ``CohortResult.buffers``.
+            clients: the clients' ids (one per entry of ``client_indices``), needed when
+                ``local_opt`` keeps its state: each client starts from its kept state
+                (zeros the first time) and its state after training is kept.
 
         Returns:
             A ``CohortResult`` on the population's device.
@@ -267,10 +284,37 @@ class Population:
         self._check_indices(flat)
         orders = self._draw_orders(indices, counts, epochs, gen, flat=flat)  # [E, m, max_n]
         seed = _draw_seed(gen) if self.stochastic else None
+        st = self._opt_start(len(indices), w0, clients)
         with _one_thread_for_one_client(len(indices), self.device):
             updates, losses, bufs = self._dispatch(w0, orders, counts, lr, mu, batch_size,
-                                                   seed=seed, b0=b0)
+                                                   seed=seed, b0=b0, st=st)
+        if st is not None and self.local_opt.keeps:
+            assert clients is not None
+            for r, cid in enumerate(clients):
+                self.opt_state[int(cid)] = (tuple(t[r].clone() for t in st.slots),
+                                            int(st.steps[r]))
         return CohortResult(updates, losses, counts.to(self.device), bufs)
+
+    def _opt_start(self, m: int, w0: Tensor, clients: Sequence[int] | None) -> _OptState | None:
+        """The cohort's optimizer state at the start of training (None for plain SGD)."""
+        opt = self.local_opt
+        if clients is not None and len(clients) != m:
+            raise ValueError(f"clients must name the {m} clients, got {len(clients)} ids")
+        if opt.plain:
+            return None
+        if opt.keeps and clients is None:
+            raise ValueError("local_opt keeps each client's state: train needs clients=")
+        st = _OptState([w0.new_zeros(m, self.d) for _ in range(opt.slots)],
+                       torch.zeros(m, dtype=torch.long))
+        if opt.keeps:
+            assert clients is not None
+            for r, cid in enumerate(clients):
+                kept = self.opt_state.get(int(cid))
+                if kept is not None:
+                    for t, row in zip(st.slots, kept[0], strict=True):
+                        t[r] = row
+                    st.steps[r] = kept[1]
+        return st
 
     @torch.no_grad()
     def evaluate(
@@ -480,6 +524,82 @@ class Population:
             return padded.new_zeros(0, m, max_n)
         return torch.stack(orders)
 
+    def _opt_views(self, st: _OptState | None) -> _OptViews | None:
+        """Parameter-shaped ``[m, *shape]`` views of the optimizer state's rows."""
+        if st is None:
+            return None
+        return _OptViews([self._unflatten_rows(t) for t in st.slots], st.steps)
+
+    def _opt_step(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        anchors: list[Tensor],
+        lr: float,
+        mu: float,
+        step_mask: Tensor | None,
+        views: _OptViews | None,
+    ) -> None:
+        """One local optimizer step, in place, for stacked ``[m, ...]`` parameters.
+
+        ``views`` None: plain SGD (``_sgd_step``). Otherwise ``self.local_opt``'s update
+        (``fedsim.local_opt``, the equations of ``torch.optim.SGD`` / ``torch.optim.Adam``)
+        on the gradient ``grad + mu (w - anchor) + weight_decay * w``; a client whose
+        ``step_mask`` is 0 (no real sample in the step) keeps its parameters and state.
+        """
+        if views is None:
+            _sgd_step(params, grads, anchors, lr, mu, step_mask)
+            return
+        opt = self.local_opt
+        if mu > 0:
+            torch._foreach_add_(grads, torch._foreach_sub(params, anchors), alpha=mu)
+        if opt.weight_decay > 0:
+            torch._foreach_add_(grads, params, alpha=opt.weight_decay)
+        active = None if step_mask is None else step_mask.bool()
+
+        def keep_inactive(new: list[Tensor], old: list[Tensor]) -> None:
+            """``old <- new`` for the active clients (all of them without a mask)."""
+            for n, o in zip(new, old, strict=True):
+                if active is None:
+                    o.copy_(n)
+                else:
+                    o.copy_(torch.where(active.view(-1, *([1] * (o.dim() - 1))), n, o))
+
+        def per_client(values: list[float], t: Tensor) -> Tensor:
+            return torch.tensor(values, dtype=t.dtype, device=t.device).view(
+                -1, *([1] * (t.dim() - 1)))
+
+        if opt.name == "sgd":
+            upd = grads
+            if opt.momentum > 0:  # b <- momentum * b + g (b = g on the first step: b is 0)
+                bufs = views.slots[0]
+                new = torch._foreach_mul(bufs, opt.momentum)
+                torch._foreach_add_(new, grads)
+                keep_inactive(new, bufs)
+                upd = bufs
+            if step_mask is not None:
+                upd = [u * step_mask.view(-1, *([1] * (u.dim() - 1))) for u in upd]
+            torch._foreach_add_(params, upd, alpha=-lr)
+            return
+        # adam
+        ms, vs = views.slots
+        steps = views.steps
+        acts = [True] * len(steps) if active is None else active.tolist()
+        steps += torch.tensor(acts, dtype=steps.dtype)
+        t_list = steps.tolist()
+        step_size = [lr / (1.0 - opt.beta1 ** t) if a else 0.0
+                     for t, a in zip(t_list, acts, strict=True)]
+        c2 = [math.sqrt(1.0 - opt.beta2 ** t) if a else 1.0
+              for t, a in zip(t_list, acts, strict=True)]
+        new_m = [m.lerp(g, 1.0 - opt.beta1) for m, g in zip(ms, grads, strict=True)]
+        new_v = [v.mul(opt.beta2).addcmul_(g, g, value=1.0 - opt.beta2)
+                 for v, g in zip(vs, grads, strict=True)]
+        keep_inactive(new_m, ms)
+        keep_inactive(new_v, vs)
+        for p, m, v in zip(params, ms, vs, strict=True):
+            denom = (v.sqrt() / per_client(c2, v)).add_(opt.eps)
+            p.sub_((m / denom).mul_(per_client(step_size, p)))
+
     def _unflatten(self, flat: Tensor) -> list[Tensor]:
         """Split a ``[d]`` vector into views shaped like the model's parameters."""
         return [
@@ -503,6 +623,7 @@ class Population:
         batch_size: int,
         seed: int | None = None,
         b0: Tensor | None = None,
+        st: _OptState | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Train batched when possible; fall back to the loop once, with a warning.
 
@@ -519,9 +640,12 @@ class Population:
             try:
                 if engine == "fused_mlp":  # a Linear/ReLU stack has no buffers
                     return (*self._train_fused(w0, orders, counts, lr, mu, batch_size), None)
+                backup = None if st is None else st.clone()
                 with _seeded_rng(seed, self.device):
-                    return self._train_batched(w0, orders, counts, lr, mu, batch_size, b0)
+                    return self._train_batched(w0, orders, counts, lr, mu, batch_size, b0, st)
             except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+                if st is not None and backup is not None:  # the loop starts over
+                    st.copy_(backup)
                 self.vmap_fallback = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 warnings.warn(
                     f"fedsim.population: {engine} failed for {type(self.model).__name__} "
@@ -530,7 +654,7 @@ class Population:
                     stacklevel=3,
                 )
         with _seeded_rng(seed, self.device):
-            return self._train_loop(w0, orders, counts, lr, mu, batch_size, b0)
+            return self._train_loop(w0, orders, counts, lr, mu, batch_size, b0, st)
 
     # ----------------------------------------------------------------- fused
     def _train_fused(
@@ -577,6 +701,7 @@ class Population:
         mu: float,
         batch_size: int,
         b0: Tensor | None = None,
+        st: _OptState | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Train the cohort in vmapped chunks of at most ``_chunk_size`` clients."""
         chunk = self._chunk_size(batch_size)
@@ -590,13 +715,15 @@ class Population:
             c = counts[rows]
             o = orders[:, rows, : int(c.max())]
             start_rows = w0[rows] if w0.dim() == 2 else w0
+            st_rows = None if st is None else st.rows(rows)
             if b0 is None or buffers is None:
                 self._train_chunk(start_rows, o, c, lr, mu, batch_size,
-                                  out=(updates[rows], losses[rows]))
+                                  out=(updates[rows], losses[rows]), st=st_rows)
             else:
                 self._train_chunk_buffers(start_rows, o, c, lr, mu, batch_size,
                                           b0[rows] if b0.dim() == 2 else b0,
-                                          out=(updates[rows], losses[rows], buffers[rows]))
+                                          out=(updates[rows], losses[rows], buffers[rows]),
+                                          st=st_rows)
         return updates, losses, buffers
 
     def _train_chunk(
@@ -608,11 +735,13 @@ class Population:
         mu: float,
         batch_size: int,
         out: tuple[Tensor, Tensor] | None = None,
+        st: _OptState | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Local SGD for one chunk of ``m`` clients with stacked ``[m, ...]`` parameters.
 
         ``out``: ``([m, d], [m])`` tensors to write the updates and losses into
-        (allocated when None); returned either way.
+        (allocated when None); returned either way. ``st``: the chunk's optimizer state
+        (None: plain SGD), updated in place.
         """
         epochs, m, max_n = orders.shape
         bs = batch_size
@@ -629,6 +758,7 @@ class Population:
         else:
             anchors = [p.unsqueeze(0).expand_as(q)
                        for p, q in zip(self._unflatten(w0), params, strict=True)]
+        opt_views = self._opt_views(st)
         feat = self.x.shape[1:]
         xbuf = self.x.new_empty((m * bs, *feat))
         loss_sum = torch.zeros(m, dtype=w0.dtype, device=self.device)
@@ -639,7 +769,7 @@ class Population:
                 yb = self.y[idx].view(m, bs)
                 grads, loss = self._vgrad(tuple(params), xb, yb, mask[s])
                 step_mask = None if s * bs < min_n else mask[s, :, 0]
-                _sgd_step(params, list(grads), anchors, lr, mu, step_mask)
+                self._opt_step(params, list(grads), anchors, lr, mu, step_mask, opt_views)
                 loss_sum += loss
         torch.div(loss_sum, _num_steps(n_dev, bs, epochs), out=out[1])
         return flat.sub_(w0), out[1]
@@ -665,6 +795,7 @@ class Population:
         batch_size: int,
         b0: Tensor,
         out: tuple[Tensor, Tensor, Tensor],
+        st: _OptState | None = None,
     ) -> None:
         """``_train_chunk`` for a model with buffers (BatchNorm), writing into ``out``.
 
@@ -693,6 +824,7 @@ class Population:
                    zip(torch.split(rows, self._buf_numels, dim=1), self._buf_shapes,
                        self._buf_dtypes, strict=True)]
         feat = self.x.shape[1:]
+        opt_views = self._opt_views(st)
         loss_sum = torch.zeros(m, dtype=w0.dtype, device=self.device)
         for e in range(epochs):
             for s in range(steps):
@@ -708,13 +840,14 @@ class Population:
                     loss = loss * step_mask
                     for b, k in zip(buffers, kept, strict=True):
                         b[short] = k
-                _sgd_step(params, list(grads), anchors, lr, mu, step_mask)
+                self._opt_step(params, list(grads), anchors, lr, mu, step_mask, opt_views)
                 loss_sum += loss
                 for r in short:
                     c = n_list[r] - s * bs
                     if c > 0:
                         loss_sum[r] += self._client_step(r, params, anchors, buffers,
-                                                         orders[e, s, r, :c], lr, mu)
+                                                         orders[e, s, r, :c], lr, mu,
+                                                         opt_views)
         torch.div(loss_sum, _num_steps(n_dev, bs, epochs), out=losses)
         torch.cat([b.reshape(m, -1).to(w0.dtype) for b in buffers], dim=1, out=buffers_out)
         flat.sub_(w0)
@@ -728,6 +861,7 @@ class Population:
         idx: Tensor,
         lr: float,
         mu: float,
+        opt_views: _OptViews | None = None,
     ) -> Tensor:
         """One SGD step of client ``r`` of a chunk on samples ``idx``, in place in its rows.
 
@@ -740,7 +874,13 @@ class Population:
         loss = F.cross_entropy(functional_call(self.model, state, (self.x[idx],)), self.y[idx])
         grads = list(torch.autograd.grad(loss, leaves))
         with torch.no_grad():
-            _sgd_step(base, grads, [a[r] for a in anchors], lr, mu, None)
+            if opt_views is None:
+                _sgd_step(base, grads, [a[r] for a in anchors], lr, mu, None)
+            else:
+                rows = slice(r, r + 1)
+                self._opt_step([p[rows] for p in params], [g.unsqueeze(0) for g in grads],
+                               [a[rows] for a in anchors], lr, mu, None,
+                               opt_views.rows(rows))
         return loss.detach()
 
     # ------------------------------------------------------------------ loop
@@ -753,6 +893,7 @@ class Population:
         mu: float,
         batch_size: int,
         b0: Tensor | None = None,
+        st: _OptState | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Train the cohort one client at a time on the same minibatches as the batched path.
 
@@ -760,13 +901,16 @@ class Population:
         of them, and the ``[m, b]`` buffers after training are returned third (else None).
         """
         updates, losses, buffers = [], [], []
+        opt_views = self._opt_views(st)
         for i, n in enumerate(counts.tolist()):
             start = w0[i] if w0.dim() == 2 else w0
             bufs = None
             if b0 is not None:
                 bufs = self._buffer_dict(b0[i] if b0.dim() == 2 else b0)
             u, loss = self._train_one(self._unflatten(start), orders[:, i, :n], lr, mu,
-                                      batch_size, bufs)
+                                      batch_size, bufs,
+                                      None if opt_views is None else opt_views.rows(
+                                          slice(i, i + 1)))
             updates.append(u - start)
             losses.append(loss)
             if bufs is not None:
@@ -783,6 +927,7 @@ class Population:
         mu: float,
         batch_size: int,
         buffers: dict[str, Tensor] | None = None,
+        opt_views: _OptViews | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Local SGD of one client with plain autograd; returns (flat params, mean loss).
 
@@ -802,10 +947,47 @@ class Population:
                 loss = F.cross_entropy(logits, self.y[idx])
                 grads = list(torch.autograd.grad(loss, params))
                 with torch.no_grad():
-                    _sgd_step(params, grads, base, lr, mu, None)
+                    if opt_views is None:
+                        _sgd_step(params, grads, base, lr, mu, None)
+                    else:  # the client's state rows are [1, ...]: add that dimension
+                        self._opt_step([p.unsqueeze(0) for p in params],
+                                       [g.unsqueeze(0) for g in grads],
+                                       [b.unsqueeze(0) for b in base], lr, mu, None,
+                                       opt_views)
                 loss_sum += loss.detach()
         steps = max(epochs * -(-n // batch_size), 1)
         return torch.cat([p.detach().reshape(-1) for p in params]), loss_sum / steps
+
+
+@dataclass
+class _OptState:
+    """The cohort's local optimizer state: ``[m, d]`` slots and ``[m]`` step counts (CPU)."""
+
+    slots: list[Tensor]
+    steps: Tensor
+
+    def rows(self, rows: slice) -> _OptState:
+        """Views of the rows of a chunk of clients."""
+        return _OptState([t[rows] for t in self.slots], self.steps[rows])
+
+    def clone(self) -> _OptState:
+        return _OptState([t.clone() for t in self.slots], self.steps.clone())
+
+    def copy_(self, other: _OptState) -> None:
+        for t, o in zip(self.slots, other.slots, strict=True):
+            t.copy_(o)
+        self.steps.copy_(other.steps)
+
+
+@dataclass
+class _OptViews:
+    """``_OptState`` with each slot split into parameter-shaped ``[m, *shape]`` views."""
+
+    slots: list[list[Tensor]]
+    steps: Tensor
+
+    def rows(self, rows: slice) -> _OptViews:
+        return _OptViews([[t[rows] for t in slot] for slot in self.slots], self.steps[rows])
 
 
 def _sgd_step(
