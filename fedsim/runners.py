@@ -112,13 +112,15 @@ def build_population(sc: Scenario, data: FederatedData, device: str):
     """
     import torch
 
+    from fedsim.local_opt import build_local_opt
     from fedsim.models import build_model
     from fedsim.population import Population
 
     model = build_model(sc.model, data.input_shape, data.num_classes,
                         seed=stream_seed(sc.seed, "model"))
     pop = Population(model, torch.from_numpy(data.x_train), torch.from_numpy(data.y_train),
-                     device=device, batched=sc.batched)
+                     device=device, batched=sc.batched,
+                     local_opt=build_local_opt(sc.algorithm.local_opt))
     return pop, torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)
 
 
@@ -268,7 +270,7 @@ class FederatedRun:
         c = alg.client
         res = self.pop.train(self.params, [torch.from_numpy(self.client_idx[i]) for i in done],
                              lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, mu=c.mu,
-                             gen=self.gens["training"])
+                             gen=self.gens["training"], clients=done)
         weights = (res.num_samples.to(self.params.dtype) if alg.weighted
                    else torch.ones(len(done), dtype=self.params.dtype, device=device))
         senders = torch.tensor(done, device=device)
