@@ -22,6 +22,14 @@ steps on the same minibatches, written as batched matrix products with the updat
 fused into the gradient product (about 2.3x faster than ``vmap`` on the benchmark
 MLP). ``Population.engine`` says which path a population takes.
 
+Other local optimizers (``local_opt``, ``fedsim.local_opt``: SGD with momentum or
+weight decay, Adam) replace the plain SGD step by ``torch.optim``'s update on the same
+gradient (FedProx's term included), on the generic ``vmap`` path (not the fused engine)
+and on the loop path, with the optimizer's state (momentum buffer; Adam's moments and
+step count) as explicit ``[m, d]`` rows: fresh at every ``train`` (``state = "reset"``)
+or kept per client id in ``opt_state`` between calls (``state = "keep"``, ``clients=``).
+A step in which a client has no real sample changes neither its parameters nor its state.
+
 Modes and randomness, as in a PyTorch training loop: clients train with the
 model in ``train()`` mode and ``evaluate`` runs it in ``eval()`` mode (Dropout
 off). A model that draws random numbers in train mode (``Population.stochastic``:

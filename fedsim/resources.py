@@ -21,6 +21,9 @@ Parts (host memory, bytes):
   test samples);
 * ``cohort``: the cohort's stacked updates ``[m, d]`` three times (updates, uplink rows,
   attacked rows) and its shuffled sample orders; with ``bgmd`` client memory, ``[n, d]``;
+* ``optimizer state`` (``algorithm.local_opt`` other than plain SGD): the cohort's state
+  vectors ``[m, d]`` (one for SGD momentum, two for Adam); with ``state = "keep"`` also
+  one copy per client that can train, ``min(num_clients, rounds x m)``;
 * decentralized ``nodes``: the node models ``[n, d]`` four times (x, x~, the trained rows,
   the mixed rows); ``mixing``: D-SGD's dense Metropolis matrix ``n x n`` (float64 and a
   float32 copy); ``events``: 600 bytes per event of the asynchronous schedule and plan
@@ -71,6 +74,8 @@ BYTES_PER_EVENT = 600
 EVAL_BATCH = 4096
 MODEL_COPIES = 6
 COHORT_COPIES = 3
+# a kept client's optimizer state: the dict entry, its tuple and the tensor objects
+BYTES_PER_KEPT_CLIENT = 600
 NODE_COPIES = 4
 
 
@@ -317,6 +322,10 @@ def estimate(sc: Scenario, base_dir: Path | None = None) -> Estimate:
                            f"{m:,} clients x {P:,} parameters")
         host.append(cohort_part)
         device.append(cohort_part)
+        opt_part = _opt_state_part(sc, m, P)
+        if opt_part is not None:
+            host.append(opt_part)
+            device.append(opt_part)
         agg = a.aggregator if isinstance(a.aggregator, dict) else {}
         if agg.get("name") == "bgmd" and agg.get("memory") == "client":
             host.append(Part("aggregator", 4 * n * P, "algorithm.aggregator.memory",
@@ -325,6 +334,30 @@ def estimate(sc: Scenario, base_dir: Path | None = None) -> Estimate:
     device.append(Part("data", samples * (4 * feats + 8), data_key,
                        f"{samples:,} samples x {feats:,} features"))
     return Estimate(host=host, device=device, num_params=P, steps=steps, exchanges=exchanges)
+
+
+def _opt_state_part(sc: Scenario, m: int, P: int) -> Part | None:
+    """The local optimizer's state (``algorithm.local_opt``): ``[m, d]`` per state vector
+    for the cohort in training, and with ``state = "keep"`` one copy per client that can
+    train (``min(num_clients, rounds x m)``) plus ``BYTES_PER_KEPT_CLIENT`` of bookkeeping
+    each; None for plain SGD (no state)."""
+    from fedsim.local_opt import build_local_opt
+
+    try:
+        opt = build_local_opt(sc.algorithm.local_opt)
+    except ScenarioError:
+        return None  # validation says what is wrong
+    if opt.slots == 0:
+        return None
+    cohort = opt.slots * 4 * m * P
+    if not opt.keeps:
+        return Part("optimizer state", cohort, "algorithm.local_opt.name",
+                    f"{opt.name}: {m:,} clients x {opt.slots} x {P:,}")
+    kept = min(sc.data.num_clients, sc.rounds * m)
+    return Part("optimizer state",
+                cohort + kept * (opt.state_bytes(P) + BYTES_PER_KEPT_CLIENT),
+                "algorithm.local_opt.state",
+                f"{opt.name}, kept for up to {kept:,} clients x {opt.slots} x {P:,}")
 
 
 def _count(x: float) -> int:

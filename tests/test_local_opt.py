@@ -299,3 +299,26 @@ def test_build_local_opt_defaults_match_torch():
     defaults = torch.optim.Adam([torch.zeros(1, requires_grad=True)]).defaults
     assert (adam.beta1, adam.beta2) == defaults["betas"] and adam.eps == defaults["eps"]
     assert adam.weight_decay == defaults["weight_decay"] and adam.state == "reset"
+
+
+def test_resources_count_kept_optimizer_state(tmp_path, monkeypatch, capsys):
+    from fedsim.resources import BYTES_PER_KEPT_CLIENT, estimate, num_params
+    from fedsim.scenario import load_scenario
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    plain = estimate(load_scenario(path, validate=False))
+    assert "optimizer state" not in [p.name for p in plain.host]
+    sc = load_scenario(path, ["algorithm.local_opt={name='adam', state='keep'}"],
+                       validate=False)
+    (part,) = [p for p in estimate(sc).host if p.name == "optimizer state"]
+    d, m, n = num_params(sc), 4, 8  # 3 rounds x 4 clients: all 8 clients can train
+    assert part.bytes == 2 * 4 * m * d + n * (8 * d + 8 + BYTES_PER_KEPT_CLIENT)
+    assert part.key == "algorithm.local_opt.state"
+    # a population too large to keep Adam's state for every client is refused up front
+    monkeypatch.setenv("FEDSIM_MEMORY_LIMIT_BYTES", "1e9")
+    code = main(["validate", str(path), "--set", "algorithm.local_opt={name='adam', "
+                 "state='keep'}", "--set", "model.hidden=[20000]", "--set", "rounds=1000",
+                 "--set", "data.num_clients=2000", "--set", "data.partition='iid'"])
+    err = capsys.readouterr().err
+    assert code == 2 and "algorithm.local_opt.state" in err, err
