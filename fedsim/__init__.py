@@ -1,12 +1,137 @@
 """fedsim: a fast simulator for federated and decentralized learning.
 
+The Python API, in one call (README, "Python API")::
+
+    import fedsim
+
+    data = fedsim.FederatedData.from_arrays(x, y, x_test, y_test, num_clients=20)
+    result = fedsim.run({"rounds": 30, "clients_per_round": 10}, model=MyNet, data=data)
+    result.summary["final_accuracy"]; result.load_into(MyNet(...))
+
+``run`` takes a scenario (a ``Scenario``, a dict of the TOML's tables, or a TOML file or
+shipped scenario's name), your own model (an ``nn.Module`` or a function
+``(input_shape, num_classes) -> nn.Module``) and your own data, and returns the
+``RunResult``. ``FederatedData``, ``Scenario`` and ``RunResult`` are the types involved.
+
 Heavy modules (torch, flwr) are imported lazily by the pieces that need them, so
 ``import fedsim`` and ``fedsim --help`` stay fast.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedsim.config import Scenario
+    from fedsim.data.base import FederatedData
+    from fedsim.runners import RunResult
+
+__all__ = ["FederatedData", "RunResult", "Scenario", "run"]
+
+# public names imported on first use: name -> module
+_LAZY = {"FederatedData": "fedsim.data.base", "RunResult": "fedsim.runners",
+         "Scenario": "fedsim.config"}
+
+
+def run(
+    scenario: Scenario | Mapping[str, Any] | str | Path | None = None,
+    *,
+    model: Any = None,
+    data: FederatedData | None = None,
+    overrides: Iterable[str] = (),
+    variant: str | None = None,
+    run_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    plots: bool = False,
+) -> RunResult:
+    """Run one scenario, optionally with your own model and data; return its ``RunResult``.
+
+    Args:
+        scenario: a ``fedsim.Scenario``; a dict shaped like the TOML file
+            (``{"rounds": 30, "algorithm": {"lr": 0.1}}``, missing fields take their
+            defaults); a TOML file's path; or a shipped scenario's name
+            (``"quickstart"``). None: every default.
+        model: your model instead of the scenario's ``[model]``: an ``nn.Module``
+            (copied; its own initialization is the starting point) or a function
+            ``(input_shape: tuple[int, ...], num_classes: int) -> nn.Module`` (called with
+            torch's RNG seeded from the run's ``model`` stream, so reruns are identical).
+            It must map ``[batch, *input_shape]`` to ``[batch, num_classes]`` logits.
+        data: your data (``FederatedData.from_arrays``) instead of the scenario's
+            ``[data]``; ``data.num_clients`` is set from it.
+        overrides: ``"dotted.key=value"`` strings, as ``fedsim run --set``.
+        variant: for a scenario with ``[variants]``, the one to run (required there).
+        run_dir: where the run's files go; default ``<output_dir>/<name>[/<variant>]``.
+        overwrite: replace an earlier run in ``run_dir`` (else refused with an error).
+        progress: show a progress line.
+        plots: also draw the run's figures (png) into ``run_dir``.
+
+    Returns:
+        The ``RunResult``: ``run_dir``, ``summary`` (as ``summary.json``: e.g.
+        ``final_accuracy``), ``final_params`` and ``final_buffers``; ``load_into(module)``
+        copies them into a model of the same architecture.
+
+    Raises:
+        ScenarioError: a field is wrong (one line naming the dotted key, e.g.
+            ``model.factory`` or ``clients_per_round``).
+        FedsimError: any other error a user can cause (data, output folder).
+    """
+    import dataclasses
+
+    from fedsim.config import Scenario
+    from fedsim.errors import ScenarioError
+    from fedsim.results.output import prepare_study
+    from fedsim.runners import run_scenario
+    from fedsim.scenario import (
+        apply_overrides,
+        expand_variants,
+        from_dict,
+        load_scenario,
+        to_dict,
+        validate_scenario,
+    )
+
+    base_dir = Path.cwd()
+    if scenario is None or isinstance(scenario, Scenario | Mapping):
+        raw = to_dict(scenario) if isinstance(scenario, Scenario) else dict(scenario or {})
+        sc = from_dict(apply_overrides(raw, overrides))
+    elif isinstance(scenario, str | Path):
+        from fedsim.shipped import scenario_path
+
+        path = scenario_path(scenario)
+        sc = load_scenario(path, overrides, validate=False)
+        base_dir = path.parent
+    else:
+        raise ScenarioError("", f"scenario must be a Scenario, a dict or a TOML path, got "
+                                f"{type(scenario).__name__}")
+    name = ""
+    if sc.variants or variant is not None:
+        runs = dict(expand_variants(sc))
+        if variant not in runs:
+            allowed = ", ".join(n for n in runs if n) or "(the scenario has no variants)"
+            what = f"unknown variant {variant!r}" if variant else "the scenario has variants"
+            raise ScenarioError("variant", f"{what}; allowed: {allowed}")
+        name, sc = variant, runs[variant]
+    if data is not None:
+        sc = dataclasses.replace(sc, data=dataclasses.replace(sc.data,
+                                                              num_clients=data.num_clients))
+    if model is not None and sc.model.factory:  # the given model wins
+        sc = dataclasses.replace(sc, model=dataclasses.replace(sc.model, factory=""))
+    validate_scenario(sc, base_dir, load_data=data is None)
+    study_dir = Path(sc.output_dir) / sc.name
+    target = Path(run_dir) if run_dir is not None else study_dir / name if name else study_dir
+    prepare_study(target.parent if run_dir is not None else study_dir, [target], overwrite,
+                  compare=False)
+    result = run_scenario(sc, target, base_dir=base_dir, progress=progress,
+                          label=f"{sc.name}/{name}" if name else sc.name, data=data,
+                          model=model)
+    if plots:
+        from fedsim.results.plots import plot_run
+
+        plot_run(target)
+    return result
 
 
 def _version() -> str:
@@ -31,9 +156,16 @@ def _version() -> str:
 
 
 def __getattr__(name: str):
-    """``fedsim.__version__``, read from the package metadata on first use."""
+    """``fedsim.__version__`` (from the package metadata), ``FederatedData``, ``Scenario``
+    and ``RunResult``, each looked up on first use."""
     if name == "__version__":
         value = _version()
         globals()["__version__"] = value
+        return value
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
         return value
     raise AttributeError(f"module 'fedsim' has no attribute {name!r}")

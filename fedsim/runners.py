@@ -29,16 +29,48 @@ from fedsim.scenario import DECENTRALIZED_ALGORITHMS, to_dict
 from fedsim.seeding import numpy_rng, stream_seed, torch_generator
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    from torch import Tensor, nn
+
+    from fedsim.population import Population
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """Where a run wrote its files, its summary, and the final global model (flat, on CPU)."""
+    """Where a run wrote its files, its summary, and the final global model (flat, on CPU).
+
+    Attributes:
+        run_dir: the run directory.
+        summary: what ``summary.json`` holds.
+        final_params: ``[d]`` the global model's parameters (``parameters_to_vector``
+            order); for a decentralized run the nodes' average.
+        final_buffers: ``[b]`` its buffers (BatchNorm running statistics, ``named_buffers``
+            order, as floats) under ``model.buffers``: the averaged buffers, or with
+            ``local`` the mean the global model is evaluated with; None without buffers.
+    """
 
     run_dir: Path
     summary: dict
     final_params: Tensor | None = None
+    final_buffers: Tensor | None = None
+
+    def load_into(self, module: nn.Module) -> nn.Module:
+        """Copy the final parameters (and buffers) into ``module``, a model of the run's
+        architecture (e.g. a fresh one from the same factory); returns it."""
+        import torch
+        from torch.nn.utils import vector_to_parameters
+
+        if self.final_params is None:
+            raise ValueError("this run has no final parameters")
+        with torch.no_grad():
+            vector_to_parameters(self.final_params.to(next(module.parameters())),
+                                 module.parameters())
+            if self.final_buffers is not None:
+                offset = 0
+                for buf in module.buffers():
+                    part = self.final_buffers[offset:offset + buf.numel()]
+                    buf.copy_(part.reshape(buf.shape).to(buf.dtype))
+                    offset += buf.numel()
+        return module
 
 
 def resolve_device(name: str) -> str:
@@ -104,8 +136,18 @@ def build_clock(sc: Scenario, base_dir: Path):
     return FederatedClock(net, sc.data.num_clients, graph, seed=sc.seed, base_dir=base_dir)
 
 
-def build_population(sc: Scenario, data: FederatedData, device: str):
+def build_population(sc: Scenario, data: FederatedData, device: str, model=None,
+                     base_dir: Path | None = None):
     """The scenario's model (from its own seed stream) over the training data, on ``device``.
+
+    Args:
+        sc: the scenario (``model`` section: fedsim's model, or ``model.factory``).
+        data: the federated data.
+        device: where the population trains.
+        model: the user's model instead of ``sc.model``: an ``nn.Module`` (copied; its
+            own initialization is the start) or a function ``(input_shape, num_classes)
+            -> nn.Module``, called with torch's RNG seeded from the ``model`` stream.
+        base_dir: the scenario's folder, where a ``model.factory`` module is also looked for.
 
     Returns:
         ``(Population, x_test, y_test)`` with the test tensors on ``device``.
@@ -113,21 +155,51 @@ def build_population(sc: Scenario, data: FederatedData, device: str):
     import torch
 
     from fedsim.local_opt import build_local_opt
-    from fedsim.models import build_model
+    from fedsim.models import build_model, make_model
     from fedsim.population import Population
+    from fedsim.scenario import model_dirs
 
-    model = build_model(sc.model, data.input_shape, data.num_classes,
-                        seed=stream_seed(sc.seed, "model"))
+    seed = stream_seed(sc.seed, "model")
+    if model is not None:
+        what = getattr(model, "__qualname__", "the model factory")
+        model = make_model(model, data.input_shape, data.num_classes, seed=seed, what=what)
+    else:
+        model = build_model(sc.model, data.input_shape, data.num_classes, seed=seed,
+                            search_dirs=model_dirs(base_dir))
     pop = Population(model, torch.from_numpy(data.x_train), torch.from_numpy(data.y_train),
                      device=device, batched=sc.batched,
                      local_opt=build_local_opt(sc.algorithm.local_opt))
     return pop, torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)
 
 
+def integer_buffers(pop: Population) -> Tensor | None:
+    """``[b]`` bool, True at the flat buffer slots of integer buffers (BatchNorm's
+    ``num_batches_tracked``); None when the model has none."""
+    import torch
+
+    masks = [torch.full((t.numel(),), not t.is_floating_point(), dtype=torch.bool)
+             for t in pop.model.buffers()]
+    if not masks:
+        return None
+    mask = torch.cat(masks).to(pop.device)
+    return mask if bool(mask.any()) else None
+
+
+def mean_buffers(rows: Tensor, weights: Tensor, integer: Tensor | None) -> Tensor:
+    """The ``weights``-weighted mean of buffer rows ``[m, b]`` -> ``[b]``, integer slots
+    rounded to the nearest integer (half to even): how ``model.buffers = "average"``
+    combines the clients' buffers."""
+    w = weights.to(rows.dtype).reshape(-1, 1)
+    mean = (rows * w).sum(dim=0) / w.sum()
+    if integer is not None:
+        mean = mean.where(~integer, mean.round())
+    return mean
+
+
 @restore_threads()
 def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                  progress: bool | None = None, label: str = "",
-                 data: FederatedData | None = None) -> RunResult:
+                 data: FederatedData | None = None, model=None) -> RunResult:
     """Run one scenario (no variants) and write its run directory.
 
     Args:
@@ -139,17 +211,20 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         data: use this federated dataset instead of loading ``sc.data`` (its
             client count must equal ``sc.data.num_clients``); for benchmarks and
             data built in Python.
+        model: use this model instead of ``sc.model``: an ``nn.Module`` or a function
+            ``(input_shape, num_classes) -> nn.Module`` (see ``build_population``).
 
     Returns:
         The run directory, the summary dict (also written as summary.json) and
-        the final global parameters. The process's torch thread count is as before.
+        the final global parameters (and buffers). The process's torch thread count is
+        as before.
     """
     if sc.algorithm.name in DECENTRALIZED_ALGORITHMS:  # no server: fedsim.decentralized
         from fedsim.decentralized.runner import run_decentralized
 
-        return run_decentralized(sc, run_dir, base_dir, progress, label, data)
+        return run_decentralized(sc, run_dir, base_dir, progress, label, data, model)
     wall_start = time.perf_counter()
-    run = FederatedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data)
+    run = FederatedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data, model)
     run.label = label or sc.name  # names the run in its warnings
     writer = RunWriter(run_dir)
     writer.write_scenario(to_dict(sc))
@@ -169,8 +244,10 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                        wall_time_s=time.perf_counter() - wall_start)
         writer.write_summary(summary)
         writer.close()
+    final_buffers = run.eval_buffers()
     return RunResult(run_dir=Path(run_dir), summary=summary,
-                     final_params=run.params.detach().cpu())
+                     final_params=run.params.detach().cpu(),
+                     final_buffers=None if final_buffers is None else final_buffers.cpu())
 
 
 class FederatedRun:
@@ -178,9 +255,16 @@ class FederatedRun:
 
     Built from a scenario: data (poisoned for a data attack), model, population,
     clock, algorithm pieces, the Byzantine set and every seeded stream.
+
+    A model with buffers (BatchNorm) follows ``model.buffers``: ``"average"`` keeps one
+    global ``buffers [b]``, sent to the clients and replaced each round by the weighted
+    mean of the buffers of the clients whose update was kept (``mean_buffers``);
+    ``"local"`` keeps ``client_buffers [n, b]``, a row per client carried from round to
+    round, and evaluates with the mean of the rows of the clients that trained so far.
     """
 
-    def __init__(self, sc: Scenario, base_dir: Path, data: FederatedData | None = None):
+    def __init__(self, sc: Scenario, base_dir: Path, data: FederatedData | None = None,
+                 model=None):
 
         from fedsim.algorithms import build_algorithm
         from fedsim.data import load_federated
@@ -196,7 +280,8 @@ class FederatedRun:
                                 f"data has {len(data.client_indices)} clients")
         self.is_byzantine, data = _byzantine_setup(sc, data)
         self.backdoor_test = _backdoor_test(sc, data, self.device)
-        self.pop, self.x_test, self.y_test = build_population(sc, data, self.device)
+        self.pop, self.x_test, self.y_test = build_population(sc, data, self.device, model,
+                                                              base_dir)
         # Index arrays stay numpy until a client trains: the population joins them and
         # moves them in one transfer (no tensors for a whole 100k population at setup).
         self.client_idx = data.client_indices
@@ -207,6 +292,15 @@ class FederatedRun:
 
         n, d = sc.data.num_clients, self.pop.d
         self.params = self.pop.flat_params().to(self.device)
+        # model.buffers: global buffers ("average") or one row per client ("local")
+        self.local_buffers = sc.model.buffers == "local"
+        self.buffers = self.client_buffers = self.trained = None
+        self.integer_buffers = integer_buffers(self.pop)
+        if self.pop.d_buffers:
+            self.buffers = self.pop.flat_buffers().to(self.device)
+            if self.local_buffers:
+                self.client_buffers = self.buffers.expand(n, -1).clone()
+                self.trained = np.zeros(n, dtype=bool)
         self.states = {"uplink": self.alg.uplink.init(n, d), "attack": self.attack.init(n, d),
                        "aggregate": self.alg.aggregate.init(n, d),
                        "server": self.alg.server.init(d)}
@@ -244,7 +338,8 @@ class FederatedRun:
         t0 = time.perf_counter()
         test_loss = test_acc = None
         if rnd % sc.eval_every == 0 or rnd == sc.rounds:
-            test_loss, test_acc = self.pop.evaluate(self.params, self.x_test, self.y_test)
+            test_loss, test_acc = self.pop.evaluate(self.params, self.x_test, self.y_test,
+                                                    buffers=self.eval_buffers())
         eval_wall = time.perf_counter() - t0
         record = RoundRecord(
             round=rnd, sim_time_s=sched.end_s, round_time_s=sched.duration_s,
@@ -268,9 +363,13 @@ class FederatedRun:
 
         alg, st, device = self.alg, self.states, self.device
         c = alg.client
+        start_buffers = self.buffers
+        if self.client_buffers is not None:
+            start_buffers = self.client_buffers[torch.tensor(done, device=device)]
         res = self.pop.train(self.params, [torch.from_numpy(self.client_idx[i]) for i in done],
                              lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, mu=c.mu,
-                             gen=self.gens["training"], clients=done)
+                             gen=self.gens["training"], buffers=start_buffers,
+                             clients=done)
         weights = (res.num_samples.to(self.params.dtype) if alg.weighted
                    else torch.ones(len(done), dtype=self.params.dtype, device=device))
         senders = torch.tensor(done, device=device)
@@ -287,9 +386,43 @@ class FederatedRun:
             agg, st["aggregate"] = alg.aggregate.aggregate(rows, st["aggregate"], actx)
             self.not_converged_rounds += _not_converged(st["aggregate"])
             self.params, st["server"] = alg.server.apply(self.params, agg, st["server"])
+        if res.buffers is not None:
+            self._update_buffers(done, res.buffers, weights, senders, actx.senders)
         agg_wall = time.perf_counter() - t0
         w = weights.to(res.losses.device)
         return float((res.losses * w).sum() / w.sum()), agg_wall
+
+    def _update_buffers(self, done: list[int], rows: Tensor, weights: Tensor, senders: Tensor,
+                        kept: Tensor) -> None:
+        """``model.buffers``: store each client's buffers (local), or average the buffers of
+        the clients whose update was kept and is finite, with the parameters' weights."""
+        import torch
+
+        if self.client_buffers is not None:
+            self.client_buffers[torch.tensor(done, device=self.device)] = rows
+            self.trained[done] = True
+            return
+        use = torch.isin(senders, kept) & rows.isfinite().all(dim=1)
+        if bool(use.any()):
+            self.buffers = mean_buffers(rows[use], weights.to(rows.device)[use],
+                                        self.integer_buffers)
+
+    def eval_buffers(self) -> Tensor | None:
+        """The buffers the global model is evaluated with: the global ones (average), or
+        the mean of the finite local rows of the clients that trained so far, weighted as
+        the parameters (local; the initial buffers before any trained)."""
+        import torch
+
+        if self.client_buffers is None:
+            return self.buffers
+        rows = self.client_buffers[torch.from_numpy(np.flatnonzero(self.trained)).to(
+            self.device)]
+        weights = (torch.from_numpy(self.sizes[self.trained]).to(self.device, rows.dtype)
+                   if self.alg.weighted else rows.new_ones(len(rows)))
+        finite = rows.isfinite().all(dim=1)
+        if not bool(finite.any()):
+            return self.buffers
+        return mean_buffers(rows[finite], weights[finite], self.integer_buffers)
 
     def _check_finite(self, rnd: int) -> None:
         from fedsim.divergence import check_finite, warn
@@ -312,7 +445,8 @@ class FederatedRun:
                "aggregator_not_converged_rounds": self.not_converged_rounds,
                "rejected_rows": self.rejected_rows}
         if self.backdoor_test is not None:
-            _, out["backdoor_success"] = self.pop.evaluate(self.params, *self.backdoor_test)
+            _, out["backdoor_success"] = self.pop.evaluate(self.params, *self.backdoor_test,
+                                                           buffers=self.eval_buffers())
         return out
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from fedsim.errors import DataError
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 class RawData(NamedTuple):
@@ -75,6 +79,92 @@ class FederatedData:
         if np.unique(pooled).size != pooled.size:
             raise ValueError("client index sets overlap")
 
+    @classmethod
+    def from_arrays(
+        cls,
+        x_train: ArrayLike,
+        y_train: ArrayLike,
+        x_test: ArrayLike,
+        y_test: ArrayLike,
+        *,
+        num_clients: int = 10,
+        partition: str | Sequence[ArrayLike] = "iid",
+        alpha: float = 0.5,
+        shards_per_client: int = 2,
+        seed: int = 0,
+        num_classes: int | None = None,
+        name: str = "arrays",
+    ) -> FederatedData:
+        """A federated dataset from your own arrays, split across clients in one call.
+
+        ``FederatedData.from_arrays(x, y, x_test, y_test, num_clients=20,
+        partition="dirichlet", alpha=0.3)``
+
+        Args:
+            x_train: ``[N, *input_shape]`` features (images ``[N, C, H, W]``); cast to
+                float32.
+            y_train: ``[N]`` integer labels in ``[0, num_classes)``; cast to int64.
+            x_test: ``[M, *input_shape]`` the global held-out set.
+            y_test: ``[M]`` its labels.
+            num_clients: clients to split the training samples across (for a named
+                partition).
+            partition: ``"iid"``, ``"dirichlet"`` (label skew, concentration ``alpha``),
+                ``"shards"`` (``shards_per_client`` label-sorted shards each), or your own
+                split: one array of training-sample indices per client (disjoint,
+                non-empty; ``num_clients`` is then their number).
+            alpha: Dirichlet concentration (``partition="dirichlet"``).
+            shards_per_client: shards per client (``partition="shards"``).
+            seed: the root seed; the split draws from its ``partition`` stream, as a
+                scenario with that ``seed`` does.
+            num_classes: number of labels; None: the largest label + 1.
+            name: the dataset's name (shown in summaries).
+
+        Returns:
+            The ``FederatedData``.
+
+        Raises:
+            DataError: arrays of the wrong shape, or labels that are not integers >= 0.
+            ScenarioError: a bad ``num_clients``, ``alpha`` or ``shards_per_client``
+                (named as the scenario's ``data.*`` key).
+        """
+        from fedsim.data import partition as parts
+        from fedsim.seeding import numpy_rng
+
+        xs = [_floats(x_train, "x_train"), _floats(x_test, "x_test")]
+        ys = [_labels(y_train, "y_train"), _labels(y_test, "y_test")]
+        for x, y, split in zip(xs, ys, ("train", "test"), strict=True):
+            if x.ndim < 2 or y.shape != (x.shape[0],) or x.shape[1:] != xs[0].shape[1:]:
+                raise DataError(f"x_{split} {list(x.shape)} and y_{split} {list(y.shape)}: "
+                                "expected x [samples, *input_shape] with one label per sample "
+                                "and the same input shape for train and test")
+        top = max(int(y.max()) if y.size else -1 for y in ys) + 1
+        if num_classes is None:
+            num_classes = max(top, 2)
+        elif top > num_classes:
+            raise DataError(f"labels must lie in [0, num_classes = {num_classes}), found "
+                            f"{top - 1}")
+        if isinstance(partition, str):
+            rng = numpy_rng(seed, "partition")
+            if partition == "iid":
+                split = parts.iid(ys[0], num_clients, rng)
+            elif partition == "dirichlet":
+                split = parts.dirichlet(ys[0], num_clients, alpha, rng)
+            elif partition == "shards":
+                split = parts.shards(ys[0], num_clients, shards_per_client, rng)
+            else:
+                raise DataError(f"partition must be 'iid', 'dirichlet', 'shards' or one index "
+                                f"array per client, got {partition!r}")
+        else:
+            split = [np.asarray(ix).astype(np.int64).reshape(-1) for ix in partition]
+        try:
+            return cls(name=name, x_train=xs[0], y_train=ys[0], x_test=xs[1], y_test=ys[1],
+                       client_indices=tuple(split), num_classes=int(num_classes),
+                       input_shape=tuple(int(s) for s in xs[0].shape[1:]))
+        except DataError:
+            raise
+        except ValueError as err:
+            raise DataError(f"partition: {err}") from None
+
     @property
     def num_clients(self) -> int:
         """Number of clients."""
@@ -117,6 +207,31 @@ class FederatedData:
                 f"labels/client: min {labels.min()}, mean {labels.mean():.1f}, max {labels.max()}",
             ]
         )
+
+
+def _floats(x: ArrayLike, what: str) -> np.ndarray:
+    """``x`` as a C-contiguous float32 array (a torch tensor is taken through numpy)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    try:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{what}: not an array of numbers ({err})") from None
+
+
+def _labels(y: ArrayLike, what: str) -> np.ndarray:
+    """``y`` as int64 labels, refusing fractions and negative values."""
+    if hasattr(y, "detach"):
+        y = y.detach().cpu().numpy()
+    arr = np.asarray(y).reshape(-1) if np.ndim(y) else np.asarray(y)
+    if arr.dtype.kind not in "iub" and not (arr.dtype.kind == "f"
+                                            and np.all(np.isfinite(arr))
+                                            and np.all(arr == np.round(arr))):
+        raise DataError(f"{what}: labels must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise DataError(f"{what}: labels must be >= 0, found {arr.min()}")
+    return arr
 
 
 def _check_split(x: np.ndarray, y: np.ndarray, input_shape: tuple[int, ...], split: str) -> None:

@@ -27,6 +27,13 @@ of the nodes' models to their average, ``mean_v ||x_v - xbar||_2``, and on evalu
 the test accuracy of the nodes' own models (``node_accuracy_mean``, ``node_accuracy_min``)
 -- what a node would deploy without a final averaging.
 
+Buffers (BatchNorm running statistics, ``model.buffers``): every node keeps its own,
+``bufs [n, b]``. With ``"average"`` they are mixed exactly as the parameters (D-SGD:
+``bufs <- W bufs`` after the local work; gossip SGD: they ride along as extra columns of
+the rows, so every exchange averages them too), integer slots rounded to the nearest
+integer where they are used; with ``"local"`` (FedBN) they are never mixed. A node is
+evaluated with its own buffers, the average model with the nodes' mean buffers.
+
 References:
     Lian et al., NeurIPS 2017 (D-SGD); Even et al., NeurIPS 2021 (continuized gossip
     and SGD); Boyd et al., IEEE Trans. Inf. Theory, 2006 (randomized gossip).
@@ -58,6 +65,8 @@ from fedsim.runners import (
     RunResult,
     build_population,
     configure_threads,
+    integer_buffers,
+    mean_buffers,
     resolve_device,
     restore_threads,
 )
@@ -71,7 +80,7 @@ NODE_FIELDS = ("consensus_distance", "node_accuracy_mean", "node_accuracy_min")
 @restore_threads()
 def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                       progress: bool | None = None, label: str = "",
-                      data: FederatedData | None = None) -> RunResult:
+                      data: FederatedData | None = None, model=None) -> RunResult:
     """Run one decentralized scenario and write its run directory.
 
     Args:
@@ -81,12 +90,15 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         progress: show a progress line (None: only on an interactive terminal).
         label: shown in the progress line.
         data: use this federated dataset instead of loading ``sc.data`` (one client per node).
+        model: use this model instead of ``sc.model`` (``runners.build_population``).
 
     Returns:
-        The run directory, the summary and the final average model ``x.mean(0)`` (CPU).
+        The run directory, the summary and the final average model ``x.mean(0)`` (CPU),
+        with the nodes' mean buffers.
     """
     wall_start = time.perf_counter()
-    run = DecentralizedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data)
+    run = DecentralizedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data,
+                           model)
     run.label = label or sc.name  # names the run in its warnings
     writer = RunWriter(run_dir, extra_csv={CONSENSUS_CSV: ("round", "sim_time_s", *NODE_FIELDS)})
     writer.write_scenario(to_dict(sc))
@@ -117,8 +129,10 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                        wall_time_s=time.perf_counter() - wall_start)
         writer.write_summary(summary)
         writer.close()
+    mean_bufs = run.mean_buffers()
     return RunResult(run_dir=Path(run_dir), summary=summary,
-                     final_params=run.x.mean(dim=0).detach().cpu())
+                     final_params=run.x.mean(dim=0).detach().cpu(),
+                     final_buffers=None if mean_bufs is None else mean_bufs.cpu())
 
 
 class DecentralizedRun:
@@ -128,7 +142,8 @@ class DecentralizedRun:
     per metrics row as soon as the row is known.
     """
 
-    def __init__(self, sc: Scenario, base_dir: Path, data: FederatedData | None = None):
+    def __init__(self, sc: Scenario, base_dir: Path, data: FederatedData | None = None,
+                 model=None):
         from fedsim.data import load_federated
         from fedsim.network.topology import resolve_topology, with_link_defaults
         from fedsim.scenario import topology_dirs
@@ -151,12 +166,18 @@ class DecentralizedRun:
         if len(data.client_indices) != n:
             raise ScenarioError("data.num_clients", f"the data has {len(data.client_indices)} "
                                 f"clients but the graph has {n} nodes (one client per node)")
-        self.pop, self.x_test, self.y_test = build_population(sc, data, self.device)
+        self.pop, self.x_test, self.y_test = build_population(sc, data, self.device, model,
+                                                              base_dir)
         self.client_idx = [torch.from_numpy(ix).to(self.device) for ix in data.client_indices]
         self.sizes = np.asarray([len(ix) for ix in data.client_indices], dtype=np.float64)
         self.n, self.d = n, self.pop.d
         self.nbytes = 4 * self.d  # one float32 model per message
         self.x = self.pop.flat_params().to(self.device).expand(n, -1).clone()  # [n, d]
+        # the nodes' buffers [n, b] (None without); "average" mixes them like x
+        self.bufs = (self.pop.flat_buffers().to(self.device).expand(n, -1).clone()
+                     if self.pop.d_buffers else None)
+        self.mix_buffers = self.bufs is not None and sc.model.buffers == "average"
+        self.integer_buffers = integer_buffers(self.pop)
         self.gen = torch_generator(sc.seed, "training", self.device)
         self.facts: dict = {}
         self.diverged_round: int | None = None
@@ -181,9 +202,13 @@ class DecentralizedRun:
         losses: list[Tensor] = []
 
         def local_sgd(nodes: Tensor, rows: Tensor) -> Tensor:
-            new, loss = train_rows(self.pop, rows, [self.client_idx[v] for v in nodes.tolist()],
-                                   lr=a.lr, epochs=a.local_epochs, batch_size=a.batch_size,
-                                   gen=self.gen)
+            bufs = None if self.bufs is None else self._usable(self.bufs[nodes])
+            new, loss, bufs = train_nodes(self.pop, rows,
+                                          [self.client_idx[v] for v in nodes.tolist()],
+                                          lr=a.lr, epochs=a.local_epochs,
+                                          batch_size=a.batch_size, gen=self.gen, buffers=bufs)
+            if bufs is not None:
+                self.bufs[nodes] = bufs
             losses.append(loss)
             return new
 
@@ -193,6 +218,8 @@ class DecentralizedRun:
             losses.clear()
             t0 = time.perf_counter()
             self.x = dsgd_round(self.x, W, local_sgd)
+            if self.mix_buffers:
+                self.bufs = W.to(self.bufs.dtype) @ self.bufs
             train_wall = time.perf_counter() - t0
             train_loss = float((losses[0].double().cpu() * torch.from_numpy(self.sizes)).sum()
                                / self.sizes.sum())
@@ -243,12 +270,24 @@ class DecentralizedRun:
             self.facts.update(eta=eta, alpha_tilde=alpha)
         loss_sum, loss_count = [0.0], [0]
 
+        d = self.d
+
         def local_step(nodes: Tensor, ordinals: np.ndarray, rows: Tensor) -> Tensor:
             mbs = [batches[v][k] for v, k in zip(nodes.tolist(), ordinals.tolist(), strict=True)]
-            new, loss = train_rows(self.pop, rows, mbs, lr=a.lr, epochs=1,  # one step each
-                                   batch_size=max(int(mb.numel()) for mb in mbs), gen=self.gen)
+            bufs = None
+            if self.mix_buffers:  # the buffers ride along as columns d: of the rows
+                rows, bufs = rows[:, :d], self._usable(rows[:, d:])
+            elif self.bufs is not None:
+                bufs = self.bufs[nodes]
+            new, loss, bufs = train_nodes(self.pop, rows, mbs, lr=a.lr, epochs=1,  # one step
+                                          batch_size=max(int(mb.numel()) for mb in mbs),
+                                          gen=self.gen, buffers=bufs)
             loss_sum[0] += float(loss.sum())
             loss_count[0] += len(mbs)
+            if self.mix_buffers:
+                return torch.cat((new, bufs), dim=1)
+            if bufs is not None:
+                self.bufs[nodes] = bufs
             return new
 
         cum = [0]
@@ -261,12 +300,17 @@ class DecentralizedRun:
             loss = loss_sum[0] / loss_count[0] if loss_count[0] else None
             loss_sum[0], loss_count[0] = 0.0, 0
             self.x = xk
+            if self.mix_buffers:
+                self.x, self.bufs = xk[:, :d], xk[:, d:]
             record, nodes, eval_wall = self._record(k + 1, float(instants[k]), interval, sent,
                                                    cum[0], loss)
             emit(record, nodes, {"train_wall_s": train_wall, "eval_wall_s": eval_wall})
             walls["t"] = time.perf_counter()
 
-        self.x, _ = async_gossip_sgd(self.x, plan, local_step, alpha, on_instant)
+        x0 = torch.cat((self.x, self.bufs), dim=1) if self.mix_buffers else self.x
+        self.x, _ = async_gossip_sgd(x0, plan, local_step, alpha, on_instant)
+        if self.mix_buffers:
+            self.x, self.bufs = self.x[:, :d], self.x[:, d:]
 
     # ------------------------------------------------------------------ shared
     def _record(self, rnd: int, sim_time_s: float, round_time_s: float, sent: int, cum: int,
@@ -283,14 +327,28 @@ class DecentralizedRun:
                  "node_accuracy_mean": None, "node_accuracy_min": None}
         if rnd % sc.eval_every == 0 or rnd == sc.rounds:
             test_loss, test_acc = self.pop.evaluate(self.x.mean(dim=0), self.x_test,
-                                                    self.y_test)
-            accs = [self.pop.evaluate(row, self.x_test, self.y_test)[1] for row in self.x]
+                                                    self.y_test, buffers=self.mean_buffers())
+            bufs = [None] * self.n if self.bufs is None else self._usable(self.bufs)
+            accs = [self.pop.evaluate(row, self.x_test, self.y_test, buffers=b)[1]
+                    for row, b in zip(self.x, bufs, strict=True)]
             nodes.update(node_accuracy_mean=sum(accs) / len(accs), node_accuracy_min=min(accs))
         record = RoundRecord(
             round=rnd, sim_time_s=sim_time_s, round_time_s=round_time_s, bytes_up=sent,
             bytes_down=0, cum_bytes=cum, selected=self.n, participants=self.n, stragglers=0,
             dropped=0, train_loss=train_loss, test_loss=test_loss, test_accuracy=test_acc)
         return record, nodes, time.perf_counter() - t0
+
+    def mean_buffers(self) -> Tensor | None:
+        """The nodes' mean buffers (those of the average model), integer slots rounded."""
+        if self.bufs is None:
+            return None
+        return mean_buffers(self.bufs, self.bufs.new_ones(self.n), self.integer_buffers)
+
+    def _usable(self, bufs: Tensor) -> Tensor:
+        """Buffer rows as a model uses them: mixed integer slots rounded to integers."""
+        if self.integer_buffers is None or not self.mix_buffers:
+            return bufs
+        return bufs.where(~self.integer_buffers, bufs.round())
 
     def _minibatches(self, steps: np.ndarray, batch_size: int) -> list[Tensor]:
         """Node ``v``'s minibatches ``[steps_v, B_v]`` (``B_v = min(B, n_v)``), training stream.
@@ -321,6 +379,15 @@ class DecentralizedRun:
 
 def train_rows(pop, starts: Tensor, indices: list[Tensor], *, lr: float, epochs: int,
                batch_size: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``train_nodes`` for a model without buffers: ``(rows [m, d], losses [m])``."""
+    rows, losses, _ = train_nodes(pop, starts, indices, lr=lr, epochs=epochs,
+                                  batch_size=batch_size, gen=gen)
+    return rows, losses
+
+
+def train_nodes(pop, starts: Tensor, indices: list[Tensor], *, lr: float, epochs: int,
+                batch_size: int, gen: torch.Generator,
+                buffers: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Local SGD of ``m`` clients, client ``r`` starting from its own row ``starts[r]``.
 
     Rows that are all equal (every node at the start, or after exact averaging) train as
@@ -334,11 +401,12 @@ def train_rows(pop, starts: Tensor, indices: list[Tensor], *, lr: float, epochs:
         epochs: local passes.
         batch_size: minibatch size.
         gen: the training stream.
+        buffers: ``[m, b]`` each client's buffers (a model with buffers), else None.
 
     Returns:
-        ``(rows [m, d] after local SGD, losses [m])``.
+        ``(rows [m, d] after local SGD, losses [m], buffers [m, b] after it or None)``.
     """
     shared = bool((starts == starts[:1]).all())
     res = pop.train(starts[0] if shared else starts, indices, lr=lr, epochs=epochs,
-                    batch_size=batch_size, gen=gen)
-    return starts + res.updates, res.losses
+                    batch_size=batch_size, gen=gen, buffers=buffers)
+    return starts + res.updates, res.losses, res.buffers
