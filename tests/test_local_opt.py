@@ -105,11 +105,11 @@ OPTS = {
 }
 
 
-def _round(pop: Population, w0, ids, seed: int):
+def _round(pop: Population, w0, ids, seed: int, mu: float = 0.0):
     idx = [_clients()[i] for i in ids]
     counts = torch.tensor([len(i) for i in idx])
     orders = pop._draw_orders(idx, counts, EPOCHS, torch.Generator().manual_seed(seed))
-    res = pop.train(w0, idx, lr=0.05, epochs=EPOCHS, batch_size=BS, mu=pop._mu,
+    res = pop.train(w0, idx, lr=0.05, epochs=EPOCHS, batch_size=BS, mu=mu,
                     gen=torch.Generator().manual_seed(seed), clients=ids)
     return res, orders, counts.tolist()
 
@@ -124,19 +124,18 @@ def test_two_rounds_equal_torch_optim(batched, mu, name, make, state):
     opt = LocalOpt(**{**opt.__dict__, "state": state})
     model = make()
     pop = Population(model, X, Y, batched=batched, max_batched_clients=3, local_opt=opt)
-    pop._mu = mu
     assert pop.engine == ("vmap" if batched else "loop")
     ref = Reference(model, opt, lr=0.05, mu=mu, keep=state == "keep")
     w0 = pop.flat_params()
     ids1, ids2 = [0, 1, 2, 3], [2, 4, 0]  # clients 0 and 2 train in both rounds
-    res1, orders1, sizes1 = _round(pop, w0, ids1, seed=3)
+    res1, orders1, sizes1 = _round(pop, w0, ids1, seed=3, mu=mu)
     expect1 = ref.round(w0, ids1, orders1, sizes1)
     # Adam moves every coordinate by about lr per step whatever the gradient's size, so
     # coordinates whose gradients are near rounding noise differ more than with SGD
     tol = {"rtol": 1e-5, "atol": 1e-6} if opt.name == "sgd" else {"rtol": 1e-4, "atol": 2e-5}
     torch.testing.assert_close(res1.updates, expect1, **tol)
     w1 = w0 + res1.updates.mean(0)
-    res2, orders2, sizes2 = _round(pop, w1, ids2, seed=4)
+    res2, orders2, sizes2 = _round(pop, w1, ids2, seed=4, mu=mu)
     expect2 = ref.round(w1, ids2, orders2, sizes2)
     torch.testing.assert_close(res2.updates, expect2, **tol)
 
@@ -147,7 +146,6 @@ def test_keep_continues_a_clients_state_and_reset_starts_over():
     results = {}
     for state in ("reset", "keep"):
         pop = Population(_mlp(), X, Y, local_opt=LocalOpt("adam", state=state))
-        pop._mu = 0.0
         w0 = pop.flat_params()
         res1, _, _ = _round(pop, w0, [0, 1], seed=3)
         res2, _, _ = _round(pop, w0 + res1.updates.mean(0), [0, 4], seed=4)
