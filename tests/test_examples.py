@@ -84,3 +84,19 @@ def test_own_model_example(tmp_path):
         assert float(final) == pytest.approx(golden, abs=0.02)  # chance is 0.1 (10 digits)
         assert loaded == final  # the final model, loaded into a fresh module, is the same
         assert (tmp_path / f"own_model_{buffers}" / "metrics.csv").is_file()
+
+
+def test_readme_python_api_block_runs(tmp_path):
+    # the README's "Python API" code block, run as written (from a fresh folder)
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    code = section[section.index("```python\n") + 10:section.index("\n```\n")]
+    assert "fedsim.run(" in code and "from_arrays(" in code
+    script = tmp_path / "readme_example.py"
+    script.write_text(code + '\nprint("loaded", type(net).__name__)\n')
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    (final,) = re.findall(r"^final accuracy (\d\.\d{3})$", out, re.M)
+    assert float(final) == pytest.approx(0.969, abs=0.02)  # the README's figure
+    assert "loaded SmallCNN" in out
+    assert (tmp_path / "runs" / "own_model" / "metrics.csv").is_file()
