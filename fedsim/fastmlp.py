@@ -40,6 +40,11 @@ have mask ``r_j`` = 1 and padding ``r_j`` = 0; ``c = sum_j r_j``:
   and 0 otherwise, and ``A_l^0`` the global parameters: together this is
   ``w <- w - lr * (grad + mu (w - w0))`` of ``Population``'s ``_sgd_step``.
   A client with no real sample in a step has ``g = 0`` and ``s = 0``: unchanged.
+* SGD with momentum or weight decay (``fedsim.local_opt``, as ``torch.optim.SGD``):
+  the update is no longer fused; a buffer ``B_l`` per layer (the momentum buffer in the
+  stored layout) takes ``B_l <- momentum B_l + a_{l-1}^T g_l + s (mu (A_l - A_l^0) +
+  weight_decay A_l)`` (one ``baddbmm_``), then ``A_l <- A_l - lr s B_l``; an inactive
+  client (``s = 0``) keeps ``B_l`` (its decay is 1) and ``A_l``.
 
 Each layer is kept in the orientation whose products run fastest on small
 minibatches: input-major ``A_l`` (``[in + 1, out]``) when ``out >= in``, else
@@ -276,6 +281,28 @@ class FusedMLP:
         cols = flat[..., s.w_offset : s.w_offset + s.fan_out * s.fan_in]
         return cols.unflatten(-1, (s.fan_out, s.fan_in))
 
+    def stored(self, flat: Tensor, out: list[Tensor]) -> list[Tensor]:
+        """The stored matrices of ``m`` flat rows (``[m, d]``), written into ``out[l][:m]``
+        (zero padding and constant units); returns those views."""
+        m = flat.shape[0]
+        views = []
+        for s, o in zip(self.specs, out, strict=True):
+            o = o[:m].zero_()
+            a = o if s.transposed else o.transpose(1, 2)  # [m, k, n], input-major
+            a[:, : s.fan_in, : s.fan_out] = self._weight(flat, s).transpose(1, 2)
+            if s.b_offset is not None:
+                a[:, s.fan_in, : s.fan_out] = flat[:, s.b_offset : s.b_offset + s.fan_out]
+            views.append(o)
+        return views
+
+    def write_rows(self, stored: list[Tensor], out: Tensor) -> None:
+        """``out[i]`` = the flat row of client ``i``'s stored matrices (``out``: ``[m, d]``)."""
+        for s, p in zip(self.specs, stored, strict=True):
+            a = p if s.transposed else p.transpose(1, 2)  # [m, k, n], input-major
+            self._weight(out, s).copy_(a[:, : s.fan_in, : s.fan_out].transpose(1, 2))
+            if s.b_offset is not None:
+                out[:, s.b_offset : s.b_offset + s.fan_out].copy_(a[:, s.fan_in, : s.fan_out])
+
     def _write_updates(self, params: list[Tensor], w0: Tensor, out: Tensor) -> None:
         """``out[i] = flat(params of client i) - w0`` for the chunk (``out``: ``[m, d]``)."""
         for s, p in zip(self.specs, params, strict=True):
@@ -301,6 +328,9 @@ class FusedMLP:
         mu: float,
         out: tuple[Tensor, Tensor],
         num_steps: Tensor,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        bufs: list[Tensor] | None = None,
     ) -> None:
         """Local SGD of ``m`` clients; writes their updates and mean losses into ``out``.
 
@@ -318,6 +348,14 @@ class FusedMLP:
             mu: FedProx coefficient.
             out: ``([m, d], [m])`` rows to write the updates and losses into.
             num_steps: ``[m]`` local steps of each client (at least 1) for the mean loss.
+            momentum, weight_decay: SGD as ``torch.optim.SGD`` (``fedsim.local_opt``);
+                used with ``bufs`` only.
+            bufs: the chunk's momentum buffers in the stored layout (``stored``; zeros
+                for fresh state), updated in place. None: plain SGD, the update fused into
+                the gradient product. Given: the gradient ``G = a^T g + s (mu (A - A^0) +
+                weight_decay A)`` is accumulated into the buffer, ``b <- momentum b + G``,
+                and ``A <- A - lr s b``; a client with no real sample in a step (``s = 0``)
+                keeps its parameters and buffer.
         """
         epochs, steps, m, bs = batches.shape
         specs, last = self.specs, len(self.specs) - 1
@@ -352,6 +390,9 @@ class FusedMLP:
             all_active = active.bool().all(dim=1).tolist()
             pulls = [lr * mu if all_active[s] else pull[s] for s in range(steps)]
         logits, g_last = acts[-1], grads[-1]
+        if bufs is not None:
+            bufs = [b[:m] for b in bufs]
+            decay, lrs, mus, wds = _masked_factors(active, momentum, lr, mu, weight_decay)
         for es in range(epochs * steps):
             s = es % steps
             y3, w = step_y[es], step_w[s]
@@ -391,6 +432,19 @@ class FusedMLP:
                         _threshold_backward(g_prev, a_in, 0, grad_input=g_prev)
                     if no_grad[i - 1] is not None:
                         no_grad[i - 1].zero_()
+                if bufs is not None:  # b <- momentum b + G; A <- A - lr s b
+                    b = bufs[i]
+                    b.mul_(decay[s])
+                    if spec.transposed:
+                        b.baddbmm_(a_in.transpose(1, 2), g)
+                    else:
+                        b.baddbmm_(g.transpose(1, 2), a_in)
+                    if mu > 0:
+                        b.add_(torch.sub(p, templates[i]).mul_(mus[s]))
+                    if weight_decay > 0:
+                        b.add_(p * wds[s])
+                    p.sub_(b * lrs[s])
+                    continue
                 if pulls:  # FedProx: A <- A + lr*mu*s (A^0 - A)
                     p.lerp_(templates[i], pulls[s])
                 if spec.transposed:  # A <- A - lr * a^T g
@@ -399,6 +453,27 @@ class FusedMLP:
                     p.baddbmm_(g.transpose(1, 2), a_in, alpha=-lr)
         torch.div(loss.sum(dim=(1, 2)), num_steps, out=out[1])
         self._write_updates(params, w0, out[0])
+
+
+def _masked_factors(active: Tensor, momentum: float, lr: float, mu: float,
+                    weight_decay: float) -> tuple[list, list, list, list]:
+    """Per step: the buffer's decay, ``lr s``, ``mu s`` and ``weight_decay s``; Python
+    floats where every client of the chunk is active, else ``[m, 1, 1]`` tensors (decay 1
+    and factors 0 for an inactive client)."""
+    steps, m = active.shape
+    s3 = active.view(steps, m, 1, 1)
+    all_active = active.bool().all(dim=1).tolist()
+    one = torch.ones((), dtype=active.dtype, device=active.device)
+    out: tuple[list, list, list, list] = ([], [], [], [])
+    for s in range(steps):
+        if all_active[s]:
+            vals = (momentum, lr, mu, weight_decay)
+        else:
+            vals = (torch.where(s3[s] > 0, one * momentum, one), s3[s] * lr, s3[s] * mu,
+                    s3[s] * weight_decay)
+        for lst, v in zip(out, vals, strict=True):
+            lst.append(v)
+    return out
 
 
 __all__ = ["FusedMLP", "LinearSpec", "match_mlp"]

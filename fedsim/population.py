@@ -24,8 +24,9 @@ MLP). ``Population.engine`` says which path a population takes.
 
 Other local optimizers (``local_opt``, ``fedsim.local_opt``: SGD with momentum or
 weight decay, Adam) replace the plain SGD step by ``torch.optim``'s update on the same
-gradient (FedProx's term included), on the generic ``vmap`` path (not the fused engine)
-and on the loop path, with the optimizer's state (momentum buffer; Adam's moments and
+gradient (FedProx's term included), on the generic ``vmap`` path (SGD with momentum or
+weight decay also on the fused engine, through a buffer per layer) and on the loop
+path, with the optimizer's state (momentum buffer; Adam's moments and
 step count) as explicit ``[m, d]`` rows: fresh at every ``train`` (``state = "reset"``)
 or kept per client id in ``opt_state`` between calls (``state = "keep"``, ``clients=``).
 A step in which a client has no real sample changes neither its parameters nor its state.
@@ -216,7 +217,7 @@ class Population:
         """``"fused_mlp"``, ``"vmap"`` or ``"loop"``: the path the next ``train`` takes."""
         if not self.batched or self.vmap_fallback is not None:
             return "loop"
-        return "vmap" if self._fused is None or not self.local_opt.plain else "fused_mlp"
+        return "vmap" if self._fused is None or self.local_opt.name != "sgd" else "fused_mlp"
 
     @property
     def d(self) -> int:
@@ -647,7 +648,8 @@ class Population:
         if engine != "loop":
             try:
                 if engine == "fused_mlp":  # a Linear/ReLU stack has no buffers
-                    return (*self._train_fused(w0, orders, counts, lr, mu, batch_size), None)
+                    return (*self._train_fused(w0, orders, counts, lr, mu, batch_size, st),
+                            None)
                 backup = None if st is None else st.clone()
                 with _seeded_rng(seed, self.device):
                     return self._train_batched(w0, orders, counts, lr, mu, batch_size, b0, st)
@@ -666,12 +668,15 @@ class Population:
 
     # ----------------------------------------------------------------- fused
     def _train_fused(
-        self, w0: Tensor, orders: Tensor, counts: Tensor, lr: float, mu: float, batch_size: int
+        self, w0: Tensor, orders: Tensor, counts: Tensor, lr: float, mu: float, batch_size: int,
+        st: _OptState | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Train the cohort with the fused Linear/ReLU engine, ``_fused_chunk_size`` at a time.
 
         The same minibatches (``_step_layout`` of the same orders) and the same SGD
-        steps as ``_train_batched``; one workspace serves every chunk.
+        steps as ``_train_batched``; one workspace serves every chunk. ``st``: SGD with
+        momentum or weight decay (None: plain SGD); the momentum buffers go to the
+        engine's stored layout and back, chunk by chunk.
         """
         fused = self._fused
         assert fused is not None
@@ -682,15 +687,27 @@ class Population:
         n_dev = counts.to(self.device)
         templates = fused.templates(w0)
         ws = fused.workspace(chunk, batch_size, w0)
+        opt_ws = (None if st is None else
+                  [w0.new_empty(chunk, *spec.shape) for spec in fused.specs])
         for start in range(0, m, chunk):
             rows = slice(start, start + chunk)
             c, n = counts[rows], n_dev[rows]
             batches, mask = _step_layout(orders[:, rows, : int(c.max())], n, batch_size,
                                          w0.dtype)
             weights = mask / mask.sum(dim=2, keepdim=True).clamp_min(1.0)  # r / max(c, 1)
+            kw: dict = {}
+            if st is not None and opt_ws is not None:
+                if st.slots:  # the momentum buffers
+                    bufs = fused.stored(st.slots[0][rows], opt_ws)
+                else:  # weight decay only: a scratch buffer (momentum 0)
+                    bufs = [b[: len(c)].zero_() for b in opt_ws]
+                kw = {"momentum": self.local_opt.momentum,
+                      "weight_decay": self.local_opt.weight_decay, "bufs": bufs}
             fused.train_chunk(ws, templates, self._x_rows, self.y, w0, batches, weights,
                               mask[:, :, 0], lr, mu, out=(updates[rows], losses[rows]),
-                              num_steps=_num_steps(n, batch_size, epochs))
+                              num_steps=_num_steps(n, batch_size, epochs), **kw)
+            if st is not None and st.slots:
+                fused.write_rows(kw["bufs"], st.slots[0][rows])
         return updates, losses
 
     # --------------------------------------------------------------- batched

@@ -114,17 +114,23 @@ def _round(pop: Population, w0, ids, seed: int, mu: float = 0.0):
     return res, orders, counts.tolist()
 
 
-@pytest.mark.parametrize("batched", [True, False], ids=["batched", "loop"])
+@pytest.mark.parametrize("path", ["fused", "vmap", "loop"])
 @pytest.mark.parametrize("mu", [0.0, 0.1], ids=["fedavg", "fedprox"])
 @pytest.mark.parametrize("name", list(OPTS))
 @pytest.mark.parametrize("make", [_mlp, _bn], ids=["mlp", "batchnorm"])
 @pytest.mark.parametrize("state", ["reset", "keep"])
-def test_two_rounds_equal_torch_optim(batched, mu, name, make, state):
+def test_two_rounds_equal_torch_optim(path, mu, name, make, state):
+    """Two rounds (clients 0 and 2 in both) on each path, chunks of 3 clients: the fused
+    Linear/ReLU engine (SGD on the MLP), vmap (BatchNorm: its own step for partial
+    minibatches) and the loop."""
     opt = OPTS[name]
+    if path == "fused" and (make is _bn or opt.name != "sgd"):
+        pytest.skip("the fused engine trains SGD on Linear/ReLU stacks only")
     opt = LocalOpt(**{**opt.__dict__, "state": state})
     model = make()
-    pop = Population(model, X, Y, batched=batched, max_batched_clients=3, local_opt=opt)
-    assert pop.engine == ("vmap" if batched else "loop")
+    pop = Population(model, X, Y, batched=path != "loop", fused=path == "fused",
+                     max_batched_clients=3, local_opt=opt)
+    assert pop.engine == {"fused": "fused_mlp", "vmap": "vmap", "loop": "loop"}[path]
     ref = Reference(model, opt, lr=0.05, mu=mu, keep=state == "keep")
     w0 = pop.flat_params()
     ids1, ids2 = [0, 1, 2, 3], [2, 4, 0]  # clients 0 and 2 train in both rounds
@@ -188,10 +194,29 @@ def test_plain_sgd_is_todays_path_bit_for_bit(batched):
         assert torch.equal(updates, outs[0][0]) and torch.equal(losses, outs[0][1])
 
 
-def test_other_optimizers_leave_the_fused_engine():
-    for opt in (LocalOpt("sgd", momentum=0.5), LocalOpt("sgd", weight_decay=1e-4),
-                LocalOpt("adam")):
-        assert Population(_mlp(), X, Y, local_opt=opt).engine == "vmap"
+def test_sgd_stays_on_the_fused_engine_adam_does_not():
+    for opt in (LocalOpt("sgd", momentum=0.5), LocalOpt("sgd", weight_decay=1e-4)):
+        assert Population(_mlp(), X, Y, local_opt=opt).engine == "fused_mlp"
+    assert Population(_mlp(), X, Y, local_opt=LocalOpt("adam")).engine == "vmap"
+
+
+@pytest.mark.parametrize("state", ["reset", "keep"])
+def test_fused_momentum_equals_vmap(state):
+    """The fused engine's momentum SGD and the vmap path: the same updates and kept state."""
+    opt = LocalOpt("sgd", momentum=0.9, weight_decay=1e-3, state=state)
+    pops = [Population(_mlp(), X, Y, fused=fused, max_batched_clients=2, local_opt=opt)
+            for fused in (True, False)]
+    results = []
+    for pop in pops:
+        w0 = pop.flat_params()
+        res1, _, _ = _round(pop, w0, [0, 1, 2], seed=3, mu=0.05)
+        res2, _, _ = _round(pop, w0 + res1.updates.mean(0), [2, 4, 0], seed=4, mu=0.05)
+        results.append((res1.updates, res2.updates, res2.losses))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert sorted(pops[0].opt_state) == sorted(pops[1].opt_state)
+    for cid, ((buf,), _) in pops[0].opt_state.items():
+        torch.testing.assert_close(buf, pops[1].opt_state[cid][0][0], rtol=1e-5, atol=1e-6)
 
 
 TINY = """
