@@ -19,7 +19,7 @@ Heavy modules (torch, flwr) are imported lazily by the pieces that need them, so
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ def run(
     *,
     model: Any = None,
     data: FederatedData | None = None,
+    metrics: Mapping[str, Callable] | None = None,
     overrides: Iterable[str] = (),
     variant: str | None = None,
     run_dir: str | Path | None = None,
@@ -61,6 +62,12 @@ def run(
             It must map ``[batch, *input_shape]`` to ``[batch, num_classes]`` logits.
         data: your data (``FederatedData.from_arrays``) instead of the scenario's
             ``[data]``; ``data.num_clients`` is set from it.
+        metrics: your metrics, ``{name: fn(logits, labels) -> float}``: on every evaluated
+            round, ``fn`` gets the global model's logits ``[M, num_classes]`` on the test set
+            (eval mode, no grad) and the labels ``[M]``; each is a column ``name`` of
+            ``metrics.csv`` (after fedsim's own, empty on rounds not evaluated) and a key of
+            ``metrics.jsonl``, and ``summary["final_metrics"][name]`` is its last value.
+            Names are identifiers other than fedsim's own columns.
         overrides: ``"dotted.key=value"`` strings, as ``fedsim run --set``.
         variant: for a scenario with ``[variants]``, the one to run (required there).
         run_dir: where the run's files go; default ``<output_dir>/<name>[/<variant>]``.
@@ -83,7 +90,7 @@ def run(
     from fedsim.config import Scenario
     from fedsim.errors import ScenarioError
     from fedsim.results.output import prepare_study
-    from fedsim.runners import run_scenario
+    from fedsim.runners import check_metrics, run_scenario
     from fedsim.scenario import (
         apply_overrides,
         expand_variants,
@@ -93,6 +100,7 @@ def run(
         validate_scenario,
     )
 
+    check_metrics(metrics)  # before anything is loaded or written
     base_dir = Path.cwd()
     if scenario is None or isinstance(scenario, Scenario | Mapping):
         raw = to_dict(scenario) if isinstance(scenario, Scenario) else dict(scenario or {})
@@ -126,7 +134,7 @@ def run(
                   compare=False)
     result = run_scenario(sc, target, base_dir=base_dir, progress=progress,
                           label=f"{sc.name}/{name}" if name else sc.name, data=data,
-                          model=model)
+                          model=model, metrics=metrics)
     if plots:
         from fedsim.results.plots import plot_run
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ import numpy as np
 
 from fedsim.config import Scenario
 from fedsim.data.base import FederatedData
-from fedsim.errors import ScenarioError
+from fedsim.errors import FedsimError, ScenarioError
 from fedsim.results.progress import Progress
 from fedsim.results.records import RoundRecord, RunWriter, summarize
 from fedsim.scenario import DECENTRALIZED_ALGORITHMS, to_dict
@@ -196,10 +197,82 @@ def mean_buffers(rows: Tensor, weights: Tensor, integer: Tensor | None) -> Tenso
     return mean
 
 
+METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_metrics(metrics: Mapping[str, Callable] | None) -> dict[str, Callable]:
+    """User metrics ``{name: fn(logits, labels) -> float}``, checked: names are identifiers
+    of at most 64 characters, none a column fedsim writes itself, every value callable.
+
+    Raises:
+        ScenarioError: (``metrics``) a bad name or a value that is not callable.
+    """
+    from fedsim.results.records import METRIC_FIELDS
+
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise ScenarioError("metrics", f"must be a dict of name -> function(logits, labels), "
+                                       f"got {type(metrics).__name__}")
+    for name, fn in metrics.items():
+        if not isinstance(name, str) or not METRIC_NAME.fullmatch(name):
+            raise ScenarioError("metrics", f"names must be identifiers (letters, digits, _; at "
+                                           f"most 64), got {name!r}")
+        if name in METRIC_FIELDS:
+            raise ScenarioError("metrics", f"{name!r} is one of fedsim's own columns; allowed: "
+                                           "any other name")
+        if not callable(fn):
+            raise ScenarioError(f"metrics.{name}", f"must be a function (logits, labels) -> "
+                                                   f"float, got {type(fn).__name__}")
+    return dict(metrics)
+
+
+class UserMetrics:
+    """The user's metrics of a model on a test set: ``fn(logits [M, C], labels [M])`` each.
+
+    The logits come from a copy of the population's module in ``eval()`` mode with the given
+    flat parameters and buffers, under ``torch.no_grad``, 4096 samples at a time.
+    """
+
+    def __init__(self, pop: Population, metrics: Mapping[str, Callable]):
+        import copy
+
+        self.metrics = dict(metrics)
+        self.module = copy.deepcopy(pop.model).eval() if self.metrics else None
+
+    def __call__(self, params: Tensor, buffers: Tensor | None, x: Tensor, y: Tensor
+                 ) -> dict[str, float]:
+        import torch
+        from torch.nn.utils import vector_to_parameters
+
+        if self.module is None:
+            return {}
+        module = self.module
+        with torch.no_grad():
+            vector_to_parameters(params.to(next(module.parameters())), module.parameters())
+            offset = 0
+            for buf in module.buffers():
+                if buffers is not None:
+                    buf.copy_(buffers[offset:offset + buf.numel()].reshape(buf.shape))
+                offset += buf.numel()
+            logits = torch.cat([module(x[i:i + 4096]) for i in range(0, len(x), 4096)])
+        out = {}
+        for name, fn in self.metrics.items():
+            try:
+                value = fn(logits, y)
+                out[name] = float(value)
+            except Exception as err:
+                raise FedsimError(f"metrics.{name}: {getattr(fn, '__qualname__', 'it')}"
+                                  f"(logits, labels) raised {type(err).__name__}: {err} "
+                                  "(it must return a number)") from None
+        return out
+
+
 @restore_threads()
 def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                  progress: bool | None = None, label: str = "",
-                 data: FederatedData | None = None, model=None) -> RunResult:
+                 data: FederatedData | None = None, model=None,
+                 metrics: Mapping[str, Callable] | None = None) -> RunResult:
     """Run one scenario (no variants) and write its run directory.
 
     Args:
@@ -213,6 +286,9 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
             data built in Python.
         model: use this model instead of ``sc.model``: an ``nn.Module`` or a function
             ``(input_shape, num_classes) -> nn.Module`` (see ``build_population``).
+        metrics: ``{name: fn(logits, labels) -> float}``, evaluated on the global model
+            and the test set on evaluated rounds; a column ``name`` of metrics.csv each
+            (empty on rounds not evaluated), and ``final_metrics`` in the summary.
 
     Returns:
         The run directory, the summary dict (also written as summary.json) and
@@ -222,11 +298,13 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
     if sc.algorithm.name in DECENTRALIZED_ALGORITHMS:  # no server: fedsim.decentralized
         from fedsim.decentralized.runner import run_decentralized
 
-        return run_decentralized(sc, run_dir, base_dir, progress, label, data, model)
+        return run_decentralized(sc, run_dir, base_dir, progress, label, data, model, metrics)
+    metrics = check_metrics(metrics)
     wall_start = time.perf_counter()
-    run = FederatedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data, model)
+    run = FederatedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data, model,
+                       metrics)
     run.label = label or sc.name  # names the run in its warnings
-    writer = RunWriter(run_dir)
+    writer = RunWriter(run_dir, metric_columns=tuple(metrics))
     writer.write_scenario(to_dict(sc))
     bar = Progress(sc.rounds, label=label or sc.name, enabled=progress)
     records: list[RoundRecord] = []
@@ -234,7 +312,8 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         for rnd in range(1, sc.rounds + 1):
             t_round = time.perf_counter()
             record, walls = run.round(rnd, cum_bytes=records[-1].cum_bytes if records else 0)
-            writer.append(record, wall_time_s=time.perf_counter() - t_round, **walls)
+            writer.append(record, wall_time_s=time.perf_counter() - t_round,
+                          metrics=run.last_metrics, **walls)
             records.append(record)  # after its row is written: the summary counts what is kept
             bar.update(rnd, record.sim_time_s, record.test_accuracy)
     finally:
@@ -242,6 +321,8 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         summary = summarize([asdict(r) for r in records])
         summary.update(run.summary(), rounds_completed=len(records),
                        wall_time_s=time.perf_counter() - wall_start)
+        if metrics:
+            summary["final_metrics"] = run.final_metrics
         writer.write_summary(summary)
         writer.close()
     final_buffers = run.eval_buffers()
@@ -264,7 +345,7 @@ class FederatedRun:
     """
 
     def __init__(self, sc: Scenario, base_dir: Path, data: FederatedData | None = None,
-                 model=None):
+                 model=None, metrics: Mapping[str, Callable] | None = None):
 
         from fedsim.algorithms import build_algorithm
         from fedsim.data import load_federated
@@ -296,6 +377,9 @@ class FederatedRun:
         self.local_buffers = sc.model.buffers == "local"
         self.buffers = self.client_buffers = self.trained = None
         self.integer_buffers = integer_buffers(self.pop)
+        self.user_metrics = UserMetrics(self.pop, check_metrics(metrics))
+        self.last_metrics: dict[str, float] = {}  # this round's (empty when not evaluated)
+        self.final_metrics: dict[str, float] = {}  # the last evaluated round's
         if self.pop.d_buffers:
             self.buffers = self.pop.flat_buffers().to(self.device)
             if self.local_buffers:
@@ -340,6 +424,11 @@ class FederatedRun:
         if rnd % sc.eval_every == 0 or rnd == sc.rounds:
             test_loss, test_acc = self.pop.evaluate(self.params, self.x_test, self.y_test,
                                                     buffers=self.eval_buffers())
+            self.last_metrics = self.user_metrics(self.params, self.eval_buffers(),
+                                                  self.x_test, self.y_test)
+            self.final_metrics = self.last_metrics or self.final_metrics
+        else:
+            self.last_metrics = {}
         eval_wall = time.perf_counter() - t0
         record = RoundRecord(
             round=rnd, sim_time_s=sched.end_s, round_time_s=sched.duration_s,

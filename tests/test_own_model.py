@@ -379,3 +379,72 @@ def test_factory_from_toml_runs_and_validates(tmp_path):
         assert proc.stderr == f"fedsim: error: {message}\n"
     proc = _cli("validate", str(tmp_path / "own.toml"), cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------ user metrics
+
+
+def _accuracy(logits, labels):
+    return (logits.argmax(1) == labels).float().mean()
+
+
+def _nll(logits, labels):
+    return F.cross_entropy(logits, labels).item()
+
+
+def test_user_metrics_are_columns_of_metrics_csv(tmp_path):
+    from fedsim.results.plots import compare_table, plot_run
+    from fedsim.results.records import METRIC_FIELDS, read_metrics
+
+    data = _data()
+    res = fedsim.run({"rounds": 4, "clients_per_round": 2, "eval_every": 2}, model=_model(),
+                     data=data, run_dir=tmp_path / "run",
+                     metrics={"my_accuracy": _accuracy, "my_loss": _nll})
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == [*METRIC_FIELDS, "my_accuracy", "my_loss"]
+    rows = read_metrics(tmp_path / "run")
+    for row in rows:
+        if row["test_accuracy"] is None:  # rounds not evaluated: empty cells
+            assert row["my_accuracy"] is None and row["my_loss"] is None
+        else:  # the global model in eval mode, with its buffers: what fedsim evaluates
+            assert row["my_accuracy"] == pytest.approx(row["test_accuracy"])
+            assert row["my_loss"] == pytest.approx(row["test_loss"], rel=1e-5)
+    assert [r["round"] for r in rows if r["my_loss"] is not None] == [2, 4]
+    assert res.summary["final_metrics"] == {"my_accuracy": rows[-1]["my_accuracy"],
+                                            "my_loss": rows[-1]["my_loss"]}
+    jsonl = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert '"my_loss": null' in jsonl[0] and '"my_accuracy": ' in jsonl[1]
+    plot_run(tmp_path / "run")  # fedsim plot and compare still read the file
+    assert "| run |" in compare_table([tmp_path / "run"], labels=["run"])
+    # decentralized: the average model's metrics
+    res = fedsim.run({"rounds": 2, "clients_per_round": 4, "algorithm": {"name": "dsgd"},
+                      "network": {"topology": "ring", "topology_params": {"n": 4}}},
+                     model=_model(), data=data, run_dir=tmp_path / "dsgd",
+                     metrics={"my_accuracy": _accuracy})
+    rows = read_metrics(tmp_path / "dsgd")
+    assert [r["my_accuracy"] for r in rows] == pytest.approx([r["test_accuracy"] for r in rows])
+
+
+def test_user_metric_errors_are_one_line(tmp_path):
+    from fedsim.errors import FedsimError
+
+    data = _data()
+    sc = {"rounds": 1, "clients_per_round": 2}
+    for metrics, message in [
+        ({"test_loss": _nll}, "^metrics: 'test_loss' is one of fedsim's own columns"),
+        ({"my loss": _nll}, "^metrics: names must be identifiers"),
+        ({"m": 3}, r"^metrics\.m: must be a function \(logits, labels\) -> float, got int"),
+        ([_nll], "^metrics: must be a dict"),
+    ]:
+        with pytest.raises(ScenarioError, match=message):
+            fedsim.run(sc, model=_model(), data=data, run_dir=tmp_path / "a", metrics=metrics)
+        assert not (tmp_path / "a").exists()  # refused before anything is written
+
+    def broken(logits, labels):
+        raise KeyError("oops")
+
+    with pytest.raises(FedsimError, match=r"^metrics\.bad: .*broken\(logits, labels\) raised "
+                                          "KeyError: 'oops'") as info:
+        fedsim.run(sc, model=_model(), data=data, run_dir=tmp_path / "b",
+                   metrics={"bad": broken})
+    assert "\n" not in str(info.value)

@@ -63,7 +63,9 @@ from fedsim.results.progress import Progress
 from fedsim.results.records import RoundRecord, RunWriter, summarize
 from fedsim.runners import (
     RunResult,
+    UserMetrics,
     build_population,
+    check_metrics,
     configure_threads,
     integer_buffers,
     mean_buffers,
@@ -80,7 +82,8 @@ NODE_FIELDS = ("consensus_distance", "node_accuracy_mean", "node_accuracy_min")
 @restore_threads()
 def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                       progress: bool | None = None, label: str = "",
-                      data: FederatedData | None = None, model=None) -> RunResult:
+                      data: FederatedData | None = None, model=None,
+                      metrics=None) -> RunResult:
     """Run one decentralized scenario and write its run directory.
 
     Args:
@@ -91,16 +94,20 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         label: shown in the progress line.
         data: use this federated dataset instead of loading ``sc.data`` (one client per node).
         model: use this model instead of ``sc.model`` (``runners.build_population``).
+        metrics: ``{name: fn(logits, labels) -> float}`` of the average model (with the
+            nodes' mean buffers) on evaluated rows, as ``runners.run_scenario``.
 
     Returns:
         The run directory, the summary and the final average model ``x.mean(0)`` (CPU),
         with the nodes' mean buffers.
     """
+    metrics = check_metrics(metrics)
     wall_start = time.perf_counter()
     run = DecentralizedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data,
-                           model)
+                           model, metrics)
     run.label = label or sc.name  # names the run in its warnings
-    writer = RunWriter(run_dir, extra_csv={CONSENSUS_CSV: ("round", "sim_time_s", *NODE_FIELDS)})
+    writer = RunWriter(run_dir, extra_csv={CONSENSUS_CSV: ("round", "sim_time_s", *NODE_FIELDS)},
+                       metric_columns=tuple(metrics))
     writer.write_scenario(to_dict(sc))
     bar = Progress(sc.rounds, label=label or sc.name, enabled=progress)
     records: list[RoundRecord] = []
@@ -112,7 +119,7 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         consensus = (record.round, repr(record.sim_time_s),
                      *("" if nodes[k] is None else repr(nodes[k]) for k in NODE_FIELDS))
         writer.append(record, wall_time_s=now - last[0], extra={CONSENSUS_CSV: consensus},
-                      **walls)
+                      metrics=run.last_metrics, **walls)
         records.append(record)  # after its rows are written: the summary counts it
         last[0] = now
         spread.append(nodes)
@@ -127,6 +134,8 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                        **{f"final_{k}": spread[-1][k] if spread else None
                           for k in NODE_FIELDS},
                        wall_time_s=time.perf_counter() - wall_start)
+        if metrics:
+            summary["final_metrics"] = run.final_metrics
         writer.write_summary(summary)
         writer.close()
     mean_bufs = run.mean_buffers()
@@ -143,7 +152,7 @@ class DecentralizedRun:
     """
 
     def __init__(self, sc: Scenario, base_dir: Path, data: FederatedData | None = None,
-                 model=None):
+                 model=None, metrics=None):
         from fedsim.data import load_federated
         from fedsim.network.topology import resolve_topology, with_link_defaults
         from fedsim.scenario import topology_dirs
@@ -178,6 +187,9 @@ class DecentralizedRun:
                      if self.pop.d_buffers else None)
         self.mix_buffers = self.bufs is not None and sc.model.buffers == "average"
         self.integer_buffers = integer_buffers(self.pop)
+        self.user_metrics = UserMetrics(self.pop, check_metrics(metrics))
+        self.last_metrics: dict[str, float] = {}
+        self.final_metrics: dict[str, float] = {}
         self.gen = torch_generator(sc.seed, "training", self.device)
         self.facts: dict = {}
         self.diverged_round: int | None = None
@@ -323,11 +335,15 @@ class DecentralizedRun:
             f"{self.label}: the node models have non-finite values at round {rnd} (diverged; "
             "try a smaller algorithm.lr)")
         test_loss = test_acc = None
+        self.last_metrics = {}
         nodes = {"consensus_distance": mean_consensus_distance(self.x),
                  "node_accuracy_mean": None, "node_accuracy_min": None}
         if rnd % sc.eval_every == 0 or rnd == sc.rounds:
             test_loss, test_acc = self.pop.evaluate(self.x.mean(dim=0), self.x_test,
                                                     self.y_test, buffers=self.mean_buffers())
+            self.last_metrics = self.user_metrics(self.x.mean(dim=0), self.mean_buffers(),
+                                                  self.x_test, self.y_test)
+            self.final_metrics = self.last_metrics or self.final_metrics
             bufs = [None] * self.n if self.bufs is None else self._usable(self.bufs)
             accs = [self.pop.evaluate(row, self.x_test, self.y_test, buffers=b)[1]
                     for row, b in zip(self.x, bufs, strict=True)]

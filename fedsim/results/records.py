@@ -168,13 +168,18 @@ class RunWriter:
         extra_csv: more per-round CSV files, name -> header (e.g. the decentralized
             runner's ``consensus.csv``); ``append``'s ``extra`` gives their rows, which
             are written with the round's others, all or none.
+        metric_columns: user metrics (``fedsim.run(..., metrics=)``), columns of
+            ``metrics.csv`` and keys of ``metrics.jsonl`` after ``METRIC_FIELDS``;
+            ``append``'s ``metrics`` gives their values (None: empty cell).
 
     Raises:
         OutputError (a FedsimError): the directory or its files cannot be written.
     """
 
-    def __init__(self, run_dir: Path | str, extra_csv: Mapping[str, Sequence[str]] | None = None):
+    def __init__(self, run_dir: Path | str, extra_csv: Mapping[str, Sequence[str]] | None = None,
+                 metric_columns: Sequence[str] = ()):
         self.run_dir = Path(run_dir)
+        self.metric_columns = tuple(metric_columns)
         self._outer_error = sys.exc_info()[1]  # a caller's handled error is not this run's
         self.closed = True
         self._files: dict[str, Any] = {}
@@ -189,7 +194,7 @@ class RunWriter:
         except OSError as err:
             self.close()
             raise output_error(self.run_dir / name, err) from None
-        self._write_rows({METRICS_CSV: _csv_line(METRIC_FIELDS),
+        self._write_rows({METRICS_CSV: _csv_line((*METRIC_FIELDS, *self.metric_columns)),
                           TIMING_CSV: _csv_line(TIMING_FIELDS),
                           **{name: _csv_line(header) for name, header in extra_csv.items()}})
         self._write_json(SUMMARY_JSON, {STATUS_KEY: "running"})
@@ -244,6 +249,7 @@ class RunWriter:
         eval_wall_s: float = 0.0,
         aggregate_wall_s: float = 0.0,
         extra: Mapping[str, Iterable[Any]] | None = None,
+        metrics: Mapping[str, float | None] | None = None,
     ) -> None:
         """Write one round to metrics.csv, metrics.jsonl, timing.csv and the ``extra_csv``
         files (all or none).
@@ -255,6 +261,7 @@ class RunWriter:
             eval_wall_s: of which evaluation.
             aggregate_wall_s: of which the server's aggregation.
             extra: the round's row (cells) for each ``extra_csv`` file.
+            metrics: the round's value of each of ``metric_columns`` (missing: None).
 
         Raises:
             OutputError: the disk is full (or another write error); the files keep
@@ -262,7 +269,8 @@ class RunWriter:
         """
         if self.closed:
             raise ValueError(f"RunWriter for {self.run_dir} is closed")
-        row = record.as_dict()
+        row: dict[str, Any] = record.as_dict()
+        row.update({name: (metrics or {}).get(name) for name in self.metric_columns})
         timing = (record.round, float(wall_time_s), float(train_wall_s),
                   float(aggregate_wall_s), float(eval_wall_s))
         self._write_rows({
