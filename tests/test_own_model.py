@@ -53,10 +53,11 @@ def _model():
     return ConvBN()
 
 
-def _scenario(buffers: str, rounds: int = 1, **alg) -> Scenario:
-    return Scenario(name="bn", rounds=rounds, clients_per_round=4,
+def _scenario(buffers: str, rounds: int = 1, batched: bool = True, **alg) -> Scenario:
+    return Scenario(name="bn", rounds=rounds, clients_per_round=4, batched=batched,
                     data=DataConfig(num_clients=4), model=ModelConfig(buffers=buffers),
-                    algorithm=AlgorithmConfig(lr=0.1, local_epochs=1, batch_size=64, **alg))
+                    algorithm=AlgorithmConfig(**{"lr": 0.1, "local_epochs": 1, "batch_size": 64,
+                                                 **alg}))
 
 
 # ------------------------------------------------------------------ hand-written loop
@@ -98,9 +99,10 @@ def _weighted(rows: torch.Tensor, sizes) -> torch.Tensor:
 # ------------------------------------------------------------------ buffers policy
 
 
-def test_buffers_average_equals_hand_loop():
+@pytest.mark.parametrize("batched", [True, False])
+def test_buffers_average_equals_hand_loop(batched):
     data, model = _data(), _model()
-    run = FederatedRun(_scenario("average", rounds=2), Path.cwd(), data, model)
+    run = FederatedRun(_scenario("average", rounds=2, batched=batched), Path.cwd(), data, model)
     init = parameters_to_vector(model.parameters()).detach()
     b0 = _flat_buffers(model)
     sizes = data.client_sizes()
@@ -119,9 +121,10 @@ def test_buffers_average_equals_hand_loop():
     assert run.client_buffers is None
 
 
-def test_buffers_local_equals_hand_loop():
+@pytest.mark.parametrize("batched", [True, False])
+def test_buffers_local_equals_hand_loop(batched):
     data, model = _data(), _model()
-    run = FederatedRun(_scenario("local", rounds=2), Path.cwd(), data, model)
+    run = FederatedRun(_scenario("local", rounds=2, batched=batched), Path.cwd(), data, model)
     params = parameters_to_vector(model.parameters()).detach()
     bufs = _flat_buffers(model).expand(4, -1)
     sizes = data.client_sizes()
@@ -448,3 +451,19 @@ def test_user_metric_errors_are_one_line(tmp_path):
         fedsim.run(sc, model=_model(), data=data, run_dir=tmp_path / "b",
                    metrics={"bad": broken})
     assert "\n" not in str(info.value)
+
+
+def test_integer_buffers_average_rounded():
+    # num_batches_tracked counts steps: clients of 5, 10, 15, 18 samples at batch size 8
+    # take 1, 2, 2, 3 steps; the sample-weighted mean 109/48 = 2.27 is rounded to 2
+    x, y, xt, yt = _arrays()
+    bounds = np.cumsum([0, 5, 10, 15, 18])
+    split = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    data = fedsim.FederatedData.from_arrays(x, y, xt, yt, partition=split)
+    run = FederatedRun(_scenario("average", batch_size=8), Path.cwd(), data, _model())
+    run.round(1, 0)
+    assert run.buffers[-1].item() == 2.0 == round(109 / 48)
+    local = FederatedRun(_scenario("local", batch_size=8), Path.cwd(), data, _model())
+    local.round(1, 0)
+    assert local.client_buffers[:, -1].tolist() == [1.0, 2.0, 2.0, 3.0]
+    assert local.eval_buffers()[-1].item() == 2.0
