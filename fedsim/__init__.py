@@ -128,6 +128,9 @@ def run(
     if model is not None and sc.model.factory:  # the given model wins
         sc = dataclasses.replace(sc, model=dataclasses.replace(sc.model, factory=""))
     validate_scenario(sc, base_dir, load_data=data is None)
+    if data is not None:  # the run's scenario.toml (and figure titles) name the given data
+        sc = dataclasses.replace(sc, data=dataclasses.replace(
+            sc.data, dataset=data.name, partition=data.partition or "given"))
     study_dir = Path(sc.output_dir) / sc.name
     target = Path(run_dir) if run_dir is not None else study_dir / name if name else study_dir
     prepare_study(target.parent if run_dir is not None else study_dir, [target], overwrite,

@@ -302,8 +302,10 @@ def test_from_arrays_one_liner_and_errors():
     own = fedsim.FederatedData.from_arrays(x, y, xt, yt, partition=[np.arange(10),
                                                                      np.arange(10, 48)])
     assert own.num_clients == 2 and own.client_sizes().tolist() == [10, 38]
-    assert fedsim.FederatedData.from_arrays(x, y, xt, yt, partition="dirichlet",
-                                            num_clients=3).num_clients == 3
+    skewed = fedsim.FederatedData.from_arrays(x, y, xt, yt, partition="dirichlet", alpha=0.3,
+                                              num_clients=3)
+    assert skewed.num_clients == 3 and skewed.partition == "dirichlet(α=0.3)"
+    assert (data.partition, own.partition) == ("iid", "given")
     with pytest.raises(DataError, match="y_train: labels must be integers"):
         fedsim.FederatedData.from_arrays(x, y + 0.5, xt, yt)
     with pytest.raises(DataError, match="y_test: labels must be >= 0"):
@@ -418,6 +420,9 @@ def test_user_metrics_are_columns_of_metrics_csv(tmp_path):
     jsonl = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert '"my_loss": null' in jsonl[0] and '"my_accuracy": ' in jsonl[1]
     plot_run(tmp_path / "run")  # fedsim plot and compare still read the file
+    from fedsim.results.plots import setup_text  # titles name the given data and its split
+
+    assert setup_text(tmp_path / "run") == "arrays, iid, 4 clients (2 per round), 4 rounds"
     assert "| run |" in compare_table([tmp_path / "run"], labels=["run"])
     # decentralized: the average model's metrics
     res = fedsim.run({"rounds": 2, "clients_per_round": 4, "algorithm": {"name": "dsgd"},

@@ -50,6 +50,10 @@ class FederatedData:
             the arrays are disjoint and none is empty.
         num_classes: labels lie in ``[0, num_classes)``.
         input_shape: shape of one sample, e.g. ``(1, 28, 28)`` or ``(60,)``.
+        partition: how the split was made, in words (``from_arrays``: ``"iid"``,
+            ``"dirichlet(α=0.5)"``, ``"shards(2/client)"``, ``"given"``); "" where the
+            scenario's ``[data]`` says it. A run given this data records it in its
+            ``scenario.toml`` (figure titles).
     """
 
     name: str
@@ -60,6 +64,7 @@ class FederatedData:
     client_indices: tuple[np.ndarray, ...]
     num_classes: int
     input_shape: tuple[int, ...]
+    partition: str = ""
 
     def __post_init__(self) -> None:
         """Check shapes, dtypes and that the client index sets are disjoint and non-empty."""
@@ -149,17 +154,21 @@ class FederatedData:
                 split = parts.iid(ys[0], num_clients, rng)
             elif partition == "dirichlet":
                 split = parts.dirichlet(ys[0], num_clients, alpha, rng)
+                partition = f"dirichlet(α={alpha:g})"
             elif partition == "shards":
                 split = parts.shards(ys[0], num_clients, shards_per_client, rng)
+                partition = f"shards({shards_per_client}/client)"
             else:
                 raise DataError(f"partition must be 'iid', 'dirichlet', 'shards' or one index "
                                 f"array per client, got {partition!r}")
         else:
             split = [np.asarray(ix).astype(np.int64).reshape(-1) for ix in partition]
+            partition = "given"
         try:
             return cls(name=name, x_train=xs[0], y_train=ys[0], x_test=xs[1], y_test=ys[1],
                        client_indices=tuple(split), num_classes=int(num_classes),
-                       input_shape=tuple(int(s) for s in xs[0].shape[1:]))
+                       input_shape=tuple(int(s) for s in xs[0].shape[1:]),
+                       partition=partition)
         except DataError:
             raise
         except ValueError as err:
