@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list scenarios, topologies, datasets, models, algorithms")
     lst.add_argument("what", nargs="?", default="all",
                      choices=["all", "scenarios", "topologies", "datasets", "models",
-                              "algorithms"])
+                              "algorithms", "aggregators", "attacks", "server_opts",
+                              "local_opts"])
     lst.set_defaults(func=_cmd_list)
 
     topo = sub.add_parser("topology", help="describe a topology (and save a picture)")
@@ -251,10 +252,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from fedsim.data import DATASETS
+    from fedsim.data.poison import DATA_ATTACKS
+    from fedsim.local_opt import LOCAL_OPTS
     from fedsim.models import MODELS
     from fedsim.network.topology import available_topologies
     from fedsim.scenario import ALGORITHMS
     from fedsim.shipped import SCENARIOS_DIR, shipped_scenarios
+    from fedsim.stages.attacks import UPDATE_ATTACKS
+    from fedsim.stages.registry import AGGREGATORS
+    from fedsim.stages.server import SERVER_OPTS
 
     here = Path("scenarios")  # the working folder's own, when it is not the shipped one
     own = [] if not here.is_dir() or here.resolve() == SCENARIOS_DIR else here.glob("*.toml")
@@ -264,6 +270,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         "datasets": list(DATASETS),
         "models": list(MODELS),
         "algorithms": list(ALGORITHMS),
+        "aggregators": list(AGGREGATORS),  # algorithm.aggregator.name
+        "attacks": [a for a in UPDATE_ATTACKS if a != "none"] + list(DATA_ATTACKS),
+        "server_opts": list(SERVER_OPTS),  # algorithm.server_opt.name
+        "local_opts": list(LOCAL_OPTS),  # algorithm.local_opt.name
     }
     for what, names in items.items():
         if args.what in ("all", what):

@@ -81,6 +81,10 @@ def test_list_and_topology(tmp_path):
     for kind in ("scenarios", "topologies", "datasets", "models", "algorithms"):
         assert f"\n{kind}: " in f"\n{out.stdout}"
     assert "algorithms: fedavg, fedprox, dsgd, gossip_sgd, accelerated_gossip_sgd" in out.stdout
+    assert "server_opts: sgd, fedavgm, fedadagrad, fedadam, fedyogi" in out.stdout
+    assert "local_opts: sgd, adam" in out.stdout
+    assert "aggregators: mean, coordinate_median, trimmed_mean, krum, centered_clipping, gm, " \
+           "bgmd" in out.stdout
     png = tmp_path / "ring.png"
     out = fedsim("topology", "ring", "--param", "n=8", "--save", str(png))
     assert out.returncode == 0, out.stderr
