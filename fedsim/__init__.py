@@ -41,6 +41,7 @@ def run(
     model: Any = None,
     data: FederatedData | None = None,
     metrics: Mapping[str, Callable] | None = None,
+    callback: Callable[[dict], Any] | None = None,
     overrides: Iterable[str] = (),
     variant: str | None = None,
     run_dir: str | Path | None = None,
@@ -68,6 +69,12 @@ def run(
             ``metrics.csv`` (after fedsim's own, empty on rounds not evaluated) and a key of
             ``metrics.jsonl``, and ``summary["final_metrics"][name]`` is its last value.
             Names are identifiers other than fedsim's own columns.
+        callback: ``fn(row)`` after every round, once its rows are on disk: ``row`` is the
+            round's ``metrics.jsonl`` record (``round``, ``sim_time_s``, ``bytes_up``, ...,
+            ``test_accuracy``, ``rejected``; then your metrics; for decentralized runs also
+            ``consensus_distance`` and the node accuracies). For TensorBoard:
+            ``callback=fedsim.results.tensorboard.tensorboard_callback("tb/")``. An
+            exception in it stops the run (the rounds done are kept, status "failed").
         overrides: ``"dotted.key=value"`` strings, as ``fedsim run --set``.
         variant: for a scenario with ``[variants]``, the one to run (required there).
         run_dir: where the run's files go; default ``<output_dir>/<name>[/<variant>]``.
@@ -137,7 +144,7 @@ def run(
                   compare=False)
     result = run_scenario(sc, target, base_dir=base_dir, progress=progress,
                           label=f"{sc.name}/{name}" if name else sc.name, data=data,
-                          model=model, metrics=metrics)
+                          model=model, metrics=metrics, callback=callback)
     if plots:
         from fedsim.results.plots import plot_run
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -272,7 +272,8 @@ class UserMetrics:
 def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                  progress: bool | None = None, label: str = "",
                  data: FederatedData | None = None, model=None,
-                 metrics: Mapping[str, Callable] | None = None) -> RunResult:
+                 metrics: Mapping[str, Callable] | None = None,
+                 callback: Callable[[dict], Any] | None = None) -> RunResult:
     """Run one scenario (no variants) and write its run directory.
 
     Args:
@@ -289,6 +290,9 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         metrics: ``{name: fn(logits, labels) -> float}``, evaluated on the global model
             and the test set on evaluated rounds; a column ``name`` of metrics.csv each
             (empty on rounds not evaluated), and ``final_metrics`` in the summary.
+        callback: called after each round's rows are written, with the round's row as
+            ``metrics.jsonl`` has it (``fedsim.results.records.METRIC_FIELDS``, then the
+            user metrics; decentralized runs add the node columns of consensus.csv).
 
     Returns:
         The run directory, the summary dict (also written as summary.json) and
@@ -298,7 +302,8 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
     if sc.algorithm.name in DECENTRALIZED_ALGORITHMS:  # no server: fedsim.decentralized
         from fedsim.decentralized.runner import run_decentralized
 
-        return run_decentralized(sc, run_dir, base_dir, progress, label, data, model, metrics)
+        return run_decentralized(sc, run_dir, base_dir, progress, label, data, model, metrics,
+                                 callback)
     metrics = check_metrics(metrics)
     wall_start = time.perf_counter()
     run = FederatedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data, model,
@@ -316,6 +321,8 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                           metrics=run.last_metrics, **walls)
             records.append(record)  # after its row is written: the summary counts what is kept
             bar.update(rnd, record.sim_time_s, record.test_accuracy)
+            if callback is not None:
+                callback({**record.as_dict(), **run.last_metrics})
     finally:
         bar.close()
         summary = summarize([asdict(r) for r in records])

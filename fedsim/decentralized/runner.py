@@ -83,7 +83,7 @@ NODE_FIELDS = ("consensus_distance", "node_accuracy_mean", "node_accuracy_min")
 def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                       progress: bool | None = None, label: str = "",
                       data: FederatedData | None = None, model=None,
-                      metrics=None) -> RunResult:
+                      metrics=None, callback=None) -> RunResult:
     """Run one decentralized scenario and write its run directory.
 
     Args:
@@ -96,6 +96,8 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         model: use this model instead of ``sc.model`` (``runners.build_population``).
         metrics: ``{name: fn(logits, labels) -> float}`` of the average model (with the
             nodes' mean buffers) on evaluated rows, as ``runners.run_scenario``.
+        callback: called after each row is written, with the row (metrics, user metrics
+            and the consensus.csv node columns), as ``runners.run_scenario``.
 
     Returns:
         The run directory, the summary and the final average model ``x.mean(0)`` (CPU),
@@ -124,6 +126,8 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         last[0] = now
         spread.append(nodes)
         bar.update(record.round, record.sim_time_s, record.test_accuracy)
+        if callback is not None:
+            callback({**record.as_dict(), **run.last_metrics, **nodes})
 
     try:
         run.play(emit)
