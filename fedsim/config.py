@@ -131,7 +131,7 @@ class Scenario:
     rounds: int = 20
     clients_per_round: int = 10
     eval_every: int = 1
-    device: str = "cpu"  # cpu | cuda | auto
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
     batched: bool = True  # train the cohort in one vmapped computation
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
