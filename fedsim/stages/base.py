@@ -42,6 +42,15 @@ class Aggregator(NamedTuple):
     aggregate: Callable[[Tensor, Any, Ctx], tuple[Tensor, Any]]  # U [m, d] -> (u [d], state)
 
 
+class ServerStage(NamedTuple):
+    """A transformation of the aggregate before the server optimizer (de-sketch, central
+    noise): ``u [d'] -> u [d]``, with state kept by the server."""
+
+    init: Callable[[int], Any]  # d (the model's width) -> state
+    update: Callable[[Tensor, Any, Ctx], tuple[Tensor, Any]]  # u [d'] -> (u [d], state)
+    nbytes: Callable[[int], int]  # wire size of the broadcast for a model of width d
+
+
 class ServerOpt(NamedTuple):
     """How the server applies the aggregated update to the global parameters."""
 
