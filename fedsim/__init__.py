@@ -46,6 +46,7 @@ def run(
     variant: str | None = None,
     run_dir: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = False,
     plots: bool = False,
 ) -> RunResult:
@@ -79,6 +80,9 @@ def run(
         variant: for a scenario with ``[variants]``, the one to run (required there).
         run_dir: where the run's files go; default ``<output_dir>/<name>[/<variant>]``.
         overwrite: replace an earlier run in ``run_dir`` (else refused with an error).
+        resume: continue the unfinished run in ``run_dir`` from its ``checkpoint.pt``
+            (written every ``checkpoint_every`` rounds) with the same scenario, model, data
+            and metrics; the files end as if it had never stopped.
         progress: show a progress line.
         plots: also draw the run's figures (png) into ``run_dir``.
 
@@ -96,7 +100,7 @@ def run(
 
     from fedsim.config import Scenario
     from fedsim.errors import ScenarioError
-    from fedsim.results.output import prepare_study
+    from fedsim.results.output import check_resumable, prepare_study
     from fedsim.runners import check_metrics, run_scenario
     from fedsim.scenario import (
         apply_overrides,
@@ -140,11 +144,14 @@ def run(
             sc.data, dataset=data.name, partition=data.partition or "given"))
     study_dir = Path(sc.output_dir) / sc.name
     target = Path(run_dir) if run_dir is not None else study_dir / name if name else study_dir
-    prepare_study(target.parent if run_dir is not None else study_dir, [target], overwrite,
-                  compare=False)
+    if resume:
+        check_resumable(target)
+    else:
+        prepare_study(target.parent if run_dir is not None else study_dir, [target],
+                      overwrite, compare=False)
     result = run_scenario(sc, target, base_dir=base_dir, progress=progress,
                           label=f"{sc.name}/{name}" if name else sc.name, data=data,
-                          model=model, metrics=metrics, callback=callback)
+                          model=model, metrics=metrics, callback=callback, resume=resume)
     if plots:
         from fedsim.results.plots import plot_run
 

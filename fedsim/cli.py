@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="run only this variant (repeatable)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace earlier runs in the output folder (default: refuse)")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue the run in RUN_DIR from its checkpoint.pt (the scenario "
+                          "must set checkpoint_every); same scenario and --set options")
     run.add_argument("--seeds", type=_seed_list, metavar="K,K,...",
                      help="run each variant once per seed, into <variant>/seed<k>/; the "
                           "comparison shows mean ± std over the seeds (e.g. --seeds 0,1,2)")
@@ -218,7 +221,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with _sigterm_as_interrupt():
         run_file(args.scenario, args.overrides, output_dir=args.out, only=args.variant,
                  progress=progress, overwrite=args.overwrite, log=sys.stderr,
-                 seeds=args.seeds, fmt=args.format)
+                 seeds=args.seeds, fmt=args.format, resume=args.resume)
     return 0
 
 

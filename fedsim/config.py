@@ -131,6 +131,7 @@ class Scenario:
     rounds: int = 20
     clients_per_round: int = 10
     eval_every: int = 1
+    checkpoint_every: int = 0  # write checkpoint.pt every K rounds and at the last (0: never)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     batched: bool = True  # train the cohort in one vmapped computation
     output_dir: str = "runs"

@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +24,8 @@ import numpy as np
 from fedsim.config import Scenario
 from fedsim.data.base import FederatedData
 from fedsim.errors import FedsimError, ScenarioError
-from fedsim.results.progress import Progress
-from fedsim.results.records import RoundRecord, RunWriter, summarize
-from fedsim.scenario import DECENTRALIZED_ALGORITHMS, to_dict
+from fedsim.results.records import RoundRecord
+from fedsim.scenario import DECENTRALIZED_ALGORITHMS
 from fedsim.seeding import numpy_rng, stream_seed, torch_generator
 
 if TYPE_CHECKING:
@@ -57,21 +56,11 @@ class RunResult:
     def load_into(self, module: nn.Module) -> nn.Module:
         """Copy the final parameters (and buffers) into ``module``, a model of the run's
         architecture (e.g. a fresh one from the same factory); returns it."""
-        import torch
-        from torch.nn.utils import vector_to_parameters
+        from fedsim.runs.checkpoint import load_flat
 
         if self.final_params is None:
             raise ValueError("this run has no final parameters")
-        with torch.no_grad():
-            vector_to_parameters(self.final_params.to(next(module.parameters())),
-                                 module.parameters())
-            if self.final_buffers is not None:
-                offset = 0
-                for buf in module.buffers():
-                    part = self.final_buffers[offset:offset + buf.numel()]
-                    buf.copy_(part.reshape(buf.shape).to(buf.dtype))
-                    offset += buf.numel()
-        return module
+        return load_flat(module, self.final_params, self.final_buffers)
 
 
 def resolve_device(name: str) -> str:
@@ -243,18 +232,13 @@ class UserMetrics:
     def __call__(self, params: Tensor, buffers: Tensor | None, x: Tensor, y: Tensor
                  ) -> dict[str, float]:
         import torch
-        from torch.nn.utils import vector_to_parameters
+
+        from fedsim.runs.checkpoint import load_flat
 
         if self.module is None:
             return {}
-        module = self.module
+        module = load_flat(self.module, params, buffers)
         with torch.no_grad():
-            vector_to_parameters(params.to(next(module.parameters())), module.parameters())
-            offset = 0
-            for buf in module.buffers():
-                if buffers is not None:
-                    buf.copy_(buffers[offset:offset + buf.numel()].reshape(buf.shape))
-                offset += buf.numel()
             logits = torch.cat([module(x[i:i + 4096]) for i in range(0, len(x), 4096)])
         out = {}
         for name, fn in self.metrics.items():
@@ -273,7 +257,8 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                  progress: bool | None = None, label: str = "",
                  data: FederatedData | None = None, model=None,
                  metrics: Mapping[str, Callable] | None = None,
-                 callback: Callable[[dict], Any] | None = None) -> RunResult:
+                 callback: Callable[[dict], Any] | None = None,
+                 resume: bool = False) -> RunResult:
     """Run one scenario (no variants) and write its run directory.
 
     Args:
@@ -293,6 +278,9 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         callback: called after each round's rows are written, with the round's row as
             ``metrics.jsonl`` has it (``fedsim.results.records.METRIC_FIELDS``, then the
             user metrics; decentralized runs add the node columns of consensus.csv).
+        resume: continue the run in ``run_dir`` from its ``checkpoint.pt`` (written every
+            ``sc.checkpoint_every`` rounds); ``sc``, ``model``, ``data`` and ``metrics``
+            must be those it was started with.
 
     Returns:
         The run directory, the summary dict (also written as summary.json) and
@@ -303,35 +291,30 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         from fedsim.decentralized.runner import run_decentralized
 
         return run_decentralized(sc, run_dir, base_dir, progress, label, data, model, metrics,
-                                 callback)
+                                 callback, resume)
+    from fedsim.runs.loop import RunLoop
+
     metrics = check_metrics(metrics)
-    wall_start = time.perf_counter()
+    started = time.perf_counter()
     run = FederatedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data, model,
                        metrics)
     run.label = label or sc.name  # names the run in its warnings
-    writer = RunWriter(run_dir, metric_columns=tuple(metrics))
-    writer.write_scenario(to_dict(sc))
-    bar = Progress(sc.rounds, label=label or sc.name, enabled=progress)
-    records: list[RoundRecord] = []
+    loop = RunLoop(sc, run_dir, label=run.label, progress=progress, device=run.device,
+                   metric_columns=tuple(metrics), callback=callback, resume=resume, started=started)
+    if loop.restored is not None:
+        run.load_state_dict(loop.restored)
+    completed = False
     try:
-        for rnd in range(1, sc.rounds + 1):
-            t_round = time.perf_counter()
-            record, walls = run.round(rnd, cum_bytes=records[-1].cum_bytes if records else 0)
-            writer.append(record, wall_time_s=time.perf_counter() - t_round,
-                          metrics=run.last_metrics, **walls)
-            records.append(record)  # after its row is written: the summary counts what is kept
-            bar.update(rnd, record.sim_time_s, record.test_accuracy)
-            if callback is not None:
-                callback({**record.as_dict(), **run.last_metrics})
+        for rnd in range(loop.next_round, sc.rounds + 1):
+            record, walls = run.round(rnd, cum_bytes=loop.cum_bytes)
+            loop.emit(record, walls, run.last_metrics, state=run.state_dict)
+        completed = True
     finally:
-        bar.close()
-        summary = summarize([asdict(r) for r in records])
-        summary.update(run.summary(), rounds_completed=len(records),
-                       wall_time_s=time.perf_counter() - wall_start)
+        facts = run.summary()
         if metrics:
-            summary["final_metrics"] = run.final_metrics
-        writer.write_summary(summary)
-        writer.close()
+            facts["final_metrics"] = run.final_metrics
+        summary = loop.finish(facts, model=(run.pop.model, run.params, run.eval_buffers())
+                              if completed else None)
     final_buffers = run.eval_buffers()
     return RunResult(run_dir=Path(run_dir), summary=summary,
                      final_params=run.params.detach().cpu(),
@@ -532,6 +515,32 @@ class FederatedRun:
             self.params, rnd, self.diverged_round,
             f"{self.label}: the global model has non-finite values at round {rnd} "
             "(diverged; try a smaller algorithm.lr or a robust aggregator)")
+
+    def state_dict(self) -> dict:
+        """Everything that changes from round to round (``checkpoint.pt``'s ``run``): the
+        global model and buffers, every stage's state, the random streams, the clock, the
+        clients' kept optimizer state, and the counters of the summary."""
+        return {"params": self.params, "buffers": self.buffers,
+                "client_buffers": self.client_buffers, "trained": self.trained,
+                "states": self.states, "sampling": self.sampling.bit_generator.state,
+                "gens": {name: gen.get_state() for name, gen in self.gens.items()},
+                "clock": self.clock, "opt_state": self.pop.opt_state,
+                "counters": {"diverged_round": self.diverged_round,
+                             "not_converged_rounds": self.not_converged_rounds,
+                             "rejected_rows": self.rejected_rows,
+                             "final_metrics": self.final_metrics}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state_dict()``'s output (tensors already on this run's device)."""
+        self.params, self.buffers = state["params"], state["buffers"]
+        self.client_buffers, self.trained = state["client_buffers"], state["trained"]
+        self.states, self.clock = state["states"], state["clock"]
+        self.sampling.bit_generator.state = state["sampling"]
+        for name, gen in self.gens.items():
+            gen.set_state(state["gens"][name].cpu())
+        self.pop.opt_state = state["opt_state"]
+        for name, value in state["counters"].items():
+            setattr(self, name, value)
 
     def summary(self) -> dict:
         """Run facts for summary.json beyond the metrics."""

@@ -285,6 +285,7 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None,
     _at_least(sc.rounds, 1, "rounds")
     _at_least(sc.clients_per_round, 1, "clients_per_round")
     _at_least(sc.eval_every, 1, "eval_every")
+    _at_least(sc.checkpoint_every, 0, "checkpoint_every")
     if sc.device not in DEVICES and not re.fullmatch(r"cuda:(0|[1-9][0-9]*)", sc.device):
         raise ScenarioError("device", f"unknown value {sc.device!r}; allowed: "
                             f"{', '.join(DEVICES)}, cuda:N (GPU number N)")

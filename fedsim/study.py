@@ -18,7 +18,7 @@ from fedsim.sweep import check_seeds
 def run_file(path: str | Path, overrides=(), output_dir: str | None = None,
              only: list[str] | None = None, progress: bool | None = None,
              log=sys.stderr, overwrite: bool = False, seeds: Sequence[int] | None = None,
-             fmt: str = "png") -> list[RunResult]:
+             fmt: str = "png", resume: str | Path | None = None) -> list[RunResult]:
     """Run every variant of the scenario in ``path`` (once per seed) and compare them.
 
     Without ``seeds`` each variant runs with the scenario's ``seed`` into
@@ -39,6 +39,9 @@ def run_file(path: str | Path, overrides=(), output_dir: str | None = None,
         seeds: run each variant once per seed (distinct integers >= 0), replacing
             the scenario's ``seed``.
         fmt: the format of the figures: ``png``, ``pdf`` or ``svg``.
+        resume: a run folder to continue from its ``checkpoint.pt`` instead of starting
+            afresh; the scenario (one variant: pick it with ``only``) must be the one it
+            was started with.
 
     Returns:
         One ``RunResult`` per run, in the file's order (variant by variant, each
@@ -61,6 +64,8 @@ def run_file(path: str | Path, overrides=(), output_dir: str | None = None,
     variants = _selected(expand_variants(sc), only)
     study_dir = Path(sc.output_dir) / sc.name
     runs = _plan(variants, study_dir, sc.name, seeds)
+    if resume is not None:
+        return [_resume(runs, Path(resume), path.parent, progress, log, fmt)]
     prepare_study(study_dir, [run.run_dir for run in runs], overwrite,
                   compare=bool(sc.variants) or seeds is not None)
     results = [_run_one(run.scenario, run.run_dir, path.parent, progress, run.label, log, fmt)
@@ -108,14 +113,30 @@ def _selected(runs: list, only: list[str] | None) -> list:
     return [(name, s) for name, s in runs if name in only]
 
 
+def _resume(runs: list[_Run], run_dir: Path, base_dir: Path, progress, log,
+            fmt: str) -> RunResult:
+    """Continue the one planned run in ``run_dir`` from its checkpoint."""
+    from fedsim.results.output import check_resumable
+
+    if len(runs) != 1:
+        names = sorted({run.variant for run in runs if run.variant})
+        what = (f"variants ({', '.join(names)}): pick one with --variant" if len(names) > 1
+                else "seeds: resume one seed<k>/ folder without --seeds")
+        raise ScenarioError("--resume", f"continues one run, but this plans {len(runs)}; "
+                                        f"the scenario has {what}")
+    check_resumable(run_dir)
+    return _run_one(runs[0].scenario, run_dir, base_dir, progress, runs[0].label, log, fmt,
+                    resume=True)
+
+
 def _run_one(variant, run_dir: Path, base_dir: Path, progress, label: str, log,
-             fmt: str) -> RunResult:
-    """One run and its plots; prints its one-line result."""
+             fmt: str, resume: bool = False) -> RunResult:
+    """One run (or the rest of one, ``resume``) and its plots; prints its one-line result."""
     from fedsim.results.plots import plot_run
 
     try:
         result = run_scenario(variant, run_dir, base_dir=base_dir, progress=progress,
-                              label=label)
+                              label=label, resume=resume)
     except OSError as err:  # e.g. a full disk under a file the runner writes itself
         raise system_error(run_dir, err) from None
     plot_run(run_dir, fmt)

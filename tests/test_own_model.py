@@ -170,7 +170,7 @@ def test_dsgd_buffers_equal_hand_loop(policy):
 
     data, model = _data(), _model()
     run = DecentralizedRun(_dsgd(policy), Path.cwd(), data, model)
-    run._play_sync(lambda *args: None)
+    run.play(lambda *args: None)
     W = torch.as_tensor(metropolis_weights(run.graph), dtype=torch.float32)
     init = parameters_to_vector(model.parameters()).detach()
     rows, bufs = _hand_round(model, init, _flat_buffers(model).expand(4, -1), data, 0.1)

@@ -198,6 +198,10 @@ def async_gossip_sgd(
     local_step: LocalStep,
     alpha_tilde: float | None = None,
     on_instant: Callable[[int, Tensor], None] | None = None,
+    *,
+    start: int = 0,
+    x_tilde: Tensor | None = None,
+    on_state: Callable[[int, Tensor, Tensor | None], None] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Asynchronous gossip SGD (plain, or accelerated when ``alpha_tilde`` is given).
 
@@ -223,6 +227,11 @@ def async_gossip_sgd(
             (:func:`fedsim.network.spectral.accelerated_parameters`); None: plain.
         on_instant: called with ``(k, x_k)`` at evaluation instant ``k`` (``x_k`` mixed to
             the instant; do not modify it).
+        start: the first segment to play: ``k`` continues after instant ``k - 1`` from
+            the states ``on_state`` gave there (``x``, and ``x_tilde``).
+        x_tilde: ``[n, d]`` the ``x~`` to continue with (accelerated; default: ``x``).
+        on_state: called with ``(k, x, x~)`` at instant ``k``, before ``on_instant``: the
+            states as they are (not mixed to the instant), what a checkpoint keeps.
 
     Returns:
         ``(x, x~)`` at ``t_end`` (``x~`` is None for plain gossip SGD).
@@ -233,10 +242,11 @@ def async_gossip_sgd(
     """
     accelerated = alpha_tilde is not None
     x = x.clone()
-    xt = x.clone() if accelerated else None
+    xt = (x if x_tilde is None else x_tilde).clone() if accelerated else None
     T = len(plan.segments) - 1
-    for k, segment in enumerate(plan.segments):
-        for batch in segment:
+    xk, xtk = x, xt
+    for k in range(start, T + 1):
+        for batch in plan.segments[k]:
             if batch.steps.numel():
                 v = batch.steps
                 rows = x.index_select(0, v)
@@ -252,6 +262,8 @@ def async_gossip_sgd(
                 else:
                     _average_pairs(x, batch.ends.view(2, -1))
         xk, xtk = _mix(x, xt, plan.mix_decay[k]) if accelerated else (x, None)
+        if k < T and on_state is not None:
+            on_state(k, x, xt)
         if k < T and on_instant is not None:
             on_instant(k, xk)
     return xk, xtk

@@ -42,7 +42,6 @@ References:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +58,7 @@ from fedsim.decentralized.dsgd import (
 )
 from fedsim.divergence import check_finite, warn
 from fedsim.errors import ScenarioError
-from fedsim.results.progress import Progress
-from fedsim.results.records import RoundRecord, RunWriter, summarize
+from fedsim.results.records import RoundRecord
 from fedsim.runners import (
     RunResult,
     UserMetrics,
@@ -72,7 +70,7 @@ from fedsim.runners import (
     resolve_device,
     restore_threads,
 )
-from fedsim.scenario import DECENTRALIZED_ALGORITHMS, to_dict
+from fedsim.scenario import DECENTRALIZED_ALGORITHMS
 from fedsim.seeding import torch_generator
 
 CONSENSUS_CSV = "consensus.csv"
@@ -83,7 +81,7 @@ NODE_FIELDS = ("consensus_distance", "node_accuracy_mean", "node_accuracy_min")
 def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                       progress: bool | None = None, label: str = "",
                       data: FederatedData | None = None, model=None,
-                      metrics=None, callback=None) -> RunResult:
+                      metrics=None, callback=None, resume: bool = False) -> RunResult:
     """Run one decentralized scenario and write its run directory.
 
     Args:
@@ -98,50 +96,39 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
             nodes' mean buffers) on evaluated rows, as ``runners.run_scenario``.
         callback: called after each row is written, with the row (metrics, user metrics
             and the consensus.csv node columns), as ``runners.run_scenario``.
+        resume: continue from ``run_dir/checkpoint.pt``, as ``runners.run_scenario``.
 
     Returns:
         The run directory, the summary and the final average model ``x.mean(0)`` (CPU),
         with the nodes' mean buffers.
     """
+    from fedsim.runs.loop import RunLoop
+
     metrics = check_metrics(metrics)
-    wall_start = time.perf_counter()
+    started = time.perf_counter()
     run = DecentralizedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data,
                            model, metrics)
     run.label = label or sc.name  # names the run in its warnings
-    writer = RunWriter(run_dir, extra_csv={CONSENSUS_CSV: ("round", "sim_time_s", *NODE_FIELDS)},
-                       metric_columns=tuple(metrics))
-    writer.write_scenario(to_dict(sc))
-    bar = Progress(sc.rounds, label=label or sc.name, enabled=progress)
-    records: list[RoundRecord] = []
-    spread: list[dict] = []
-    last = [time.perf_counter()]
+    loop = RunLoop(sc, run_dir, label=run.label, progress=progress, device=run.device,
+                   metric_columns=tuple(metrics), callback=callback, resume=resume, started=started,
+                   extra_csv={CONSENSUS_CSV: ("round", "sim_time_s", *NODE_FIELDS)})
 
     def emit(record: RoundRecord, nodes: dict, walls: dict) -> None:
-        now = time.perf_counter()
         consensus = (record.round, repr(record.sim_time_s),
                      *("" if nodes[k] is None else repr(nodes[k]) for k in NODE_FIELDS))
-        writer.append(record, wall_time_s=now - last[0], extra={CONSENSUS_CSV: consensus},
-                      metrics=run.last_metrics, **walls)
-        records.append(record)  # after its rows are written: the summary counts it
-        last[0] = now
-        spread.append(nodes)
-        bar.update(record.round, record.sim_time_s, record.test_accuracy)
-        if callback is not None:
-            callback({**record.as_dict(), **run.last_metrics, **nodes})
+        loop.emit(record, walls, run.last_metrics, extra={CONSENSUS_CSV: consensus},
+                  row_extra=nodes, state=run.state_dict)
 
+    completed = False
     try:
-        run.play(emit)
+        run.play(emit, loop.next_round, loop.restored)
+        completed = True
     finally:
-        bar.close()
-        summary = summarize([asdict(r) for r in records])
-        summary.update(run.summary(), rounds_completed=len(records),
-                       **{f"final_{k}": spread[-1][k] if spread else None
-                          for k in NODE_FIELDS},
-                       wall_time_s=time.perf_counter() - wall_start)
+        facts = {**run.summary(), **{f"final_{k}": loop.last_extra.get(k) for k in NODE_FIELDS}}
         if metrics:
-            summary["final_metrics"] = run.final_metrics
-        writer.write_summary(summary)
-        writer.close()
+            facts["final_metrics"] = run.final_metrics
+        summary = loop.finish(facts, model=(run.pop.model, run.x.mean(dim=0), run.mean_buffers())
+                              if completed else None)
     mean_bufs = run.mean_buffers()
     return RunResult(run_dir=Path(run_dir), summary=summary,
                      final_params=run.x.mean(dim=0).detach().cpu(),
@@ -197,21 +184,50 @@ class DecentralizedRun:
         self.gen = torch_generator(sc.seed, "training", self.device)
         self.facts: dict = {}
         self.diverged_round: int | None = None
+        self._cum = 0  # bytes sent so far
+        self._state: tuple = (self.x, None)  # (x, x~) as a checkpoint keeps them
+        self._clock = None  # D-SGD's clock, kept by a checkpoint
 
-    def play(self, emit) -> None:
-        """Run; ``emit(record, node facts, wall times)`` for every metrics row."""
+    def play(self, emit, start: int = 1, restored: dict | None = None) -> None:
+        """Run; ``emit(record, node facts, wall times)`` for every metrics row.
+
+        Args:
+            emit: the run loop's row writer.
+            start: the first row to play (1, or the checkpoint's row + 1).
+            restored: ``state_dict()``'s output to continue from (None: a fresh run).
+        """
         if self.sc.algorithm.name == "dsgd":
-            self._play_sync(emit)
+            self._play_sync(emit, start, restored)
         else:
-            self._play_async(emit)
+            self._play_async(emit, start, restored)
+
+    def state_dict(self) -> dict:
+        """Everything that changes from row to row (``checkpoint.pt``'s ``run``): the node
+        models and buffers, the training stream, the clock (D-SGD) or the accelerated
+        ``x~`` (gossip; its clock is replayed from the seed), and the summary's counters."""
+        return {"x": self._state[0], "x_tilde": self._state[1], "bufs": self.bufs,
+                "gen": self.gen.get_state(), "clock": self._clock, "cum": self._cum,
+                "counters": {"diverged_round": self.diverged_round,
+                             "final_metrics": self.final_metrics}}
+
+    def _restore(self, state: dict) -> None:
+        """Load the parts of ``state_dict()`` every family shares."""
+        self.x, self.bufs, self._cum = state["x"], state["bufs"], state["cum"]
+        self.gen.set_state(state["gen"].cpu())
+        for name, value in state["counters"].items():
+            setattr(self, name, value)
 
     # ------------------------------------------------------------------ D-SGD
-    def _play_sync(self, emit) -> None:
+    def _play_sync(self, emit, start: int, restored: dict | None) -> None:
         from fedsim.network.mixing import metropolis_weights
         from fedsim.network.sync_gossip_clock import SyncGossipClock
 
         sc, a = self.sc, self.sc.algorithm
         clock = SyncGossipClock(sc.network, self.graph, seed=sc.seed, base_dir=self.base_dir)
+        if restored is not None:
+            self._restore(restored)
+            clock = restored["clock"]
+        self._clock = clock
         W = torch.as_tensor(metropolis_weights(self.graph), dtype=self.x.dtype,
                             device=self.device)
         work = (self.sizes * a.local_epochs).tolist()
@@ -228,8 +244,7 @@ class DecentralizedRun:
             losses.append(loss)
             return new
 
-        cum = 0
-        for rnd in range(1, sc.rounds + 1):
+        for rnd in range(start, sc.rounds + 1):
             sched = clock.run_round(rnd, work, self.nbytes)
             losses.clear()
             t0 = time.perf_counter()
@@ -239,14 +254,15 @@ class DecentralizedRun:
             train_wall = time.perf_counter() - t0
             train_loss = float((losses[0].double().cpu() * torch.from_numpy(self.sizes)).sum()
                                / self.sizes.sum())
-            cum += sched.bytes_sent
-            record, nodes, eval_wall = self._record(
-                rnd, sched.end_s, sched.duration_s, sched.bytes_sent, cum, train_loss)
-            emit(record, nodes, {"train_wall_s": train_wall, "eval_wall_s": eval_wall})
+            self._cum += sched.bytes_sent
+            self._state = (self.x, None)
             self.facts = {"messages_per_round": int(sched.src.size)}
+            record, nodes, eval_wall = self._record(
+                rnd, sched.end_s, sched.duration_s, sched.bytes_sent, self._cum, train_loss)
+            emit(record, nodes, {"train_wall_s": train_wall, "eval_wall_s": eval_wall})
 
     # ------------------------------------------------------------------ asynchronous
-    def _play_async(self, emit) -> None:
+    def _play_async(self, emit, start: int, restored: dict | None) -> None:
         from fedsim.network.async_gossip_clock import STEP, AsyncGossipClock
         from fedsim.network.spectral import accelerated_parameters
 
@@ -306,25 +322,36 @@ class DecentralizedRun:
                 self.bufs[nodes] = bufs
             return new
 
-        cum = [0]
         walls = {"t": time.perf_counter()}
+
+        def on_state(k: int, x: Tensor, xt: Tensor | None) -> None:
+            self._state = (x, xt)  # read by state_dict() while instant k's row is emitted
 
         def on_instant(k: int, xk: Tensor) -> None:
             train_wall = time.perf_counter() - walls["t"]
             sent = 2 * self.nbytes * int(plan.exchanges[k])
-            cum[0] += sent
+            self._cum += sent
             loss = loss_sum[0] / loss_count[0] if loss_count[0] else None
             loss_sum[0], loss_count[0] = 0.0, 0
             self.x = xk
             if self.mix_buffers:
                 self.x, self.bufs = xk[:, :d], xk[:, d:]
             record, nodes, eval_wall = self._record(k + 1, float(instants[k]), interval, sent,
-                                                   cum[0], loss)
+                                                   self._cum, loss)
             emit(record, nodes, {"train_wall_s": train_wall, "eval_wall_s": eval_wall})
             walls["t"] = time.perf_counter()
 
+        # the schedule and the minibatches are drawn again from the seed; the states and the
+        # training stream continue from the checkpoint (the states hold the buffers' columns)
         x0 = torch.cat((self.x, self.bufs), dim=1) if self.mix_buffers else self.x
-        self.x, _ = async_gossip_sgd(x0, plan, local_step, alpha, on_instant)
+        xt0 = None
+        if restored is not None:
+            self._restore(restored)
+            x0, xt0 = self.x, restored["x_tilde"]
+            if self.mix_buffers:
+                self.x, self.bufs = x0[:, :d], x0[:, d:]
+        self.x, _ = async_gossip_sgd(x0, plan, local_step, alpha, on_instant, start=start - 1,
+                                     x_tilde=xt0, on_state=on_state)
         if self.mix_buffers:
             self.x, self.bufs = self.x[:, :d], self.x[:, d:]
 

@@ -33,7 +33,7 @@ def _figures(*stems: str) -> tuple[str, ...]:
 
 RUN_FILES = (
     "metrics.csv", "metrics.jsonl", "timing.csv", "summary.json", "scenario.toml",
-    "consensus.csv",
+    "consensus.csv", "checkpoint.pt", "model.pt",
     *_figures("accuracy_vs_round", "accuracy_vs_time", "accuracy_vs_bytes", "loss_vs_round"),
 )
 COMPARE_FILES = ("compare.md",
@@ -110,6 +110,15 @@ def run_status(run_dir: Path) -> str | None:
     if not isinstance(summary, dict):
         return "unknown"
     return str(summary.get(STATUS_KEY, "complete" if "rounds_completed" in summary else "unknown"))
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Refuse, in one line, to resume a folder that holds no run or a finished one."""
+    status = run_status(run_dir)
+    if status is None:
+        raise OutputError(f"{run_dir}: no run to resume here (no metrics or summary files)")
+    if status == "complete":
+        raise OutputError(f"{run_dir}: the run there is complete; nothing to resume")
 
 
 def describe_run(status: str) -> str:

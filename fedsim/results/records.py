@@ -171,13 +171,17 @@ class RunWriter:
         metric_columns: user metrics (``fedsim.run(..., metrics=)``), columns of
             ``metrics.csv`` and keys of ``metrics.jsonl`` after ``METRIC_FIELDS``;
             ``append``'s ``metrics`` gives their values (None: empty cell).
+        resume_sizes: continue a run from a checkpoint: each file's size in bytes when
+            the checkpoint was taken (``sizes``). The files are cut back to them (rows
+            written after the checkpoint are dropped, to be played again) and appended to.
 
     Raises:
         OutputError (a FedsimError): the directory or its files cannot be written.
     """
 
     def __init__(self, run_dir: Path | str, extra_csv: Mapping[str, Sequence[str]] | None = None,
-                 metric_columns: Sequence[str] = ()):
+                 metric_columns: Sequence[str] = (),
+                 resume_sizes: Mapping[str, int] | None = None):
         self.run_dir = Path(run_dir)
         self.metric_columns = tuple(metric_columns)
         self._outer_error = sys.exc_info()[1]  # a caller's handled error is not this run's
@@ -187,21 +191,47 @@ class RunWriter:
         ensure_dir(self.run_dir)
         self.closed = False
         extra_csv = dict(extra_csv or {})
+        names = (METRICS_CSV, METRICS_JSONL, TIMING_CSV, *extra_csv)
         try:
-            for name in (METRICS_CSV, METRICS_JSONL, TIMING_CSV, *extra_csv):
-                self._files[name] = self._open(name)
-                self._sizes[name] = 0
+            for name in names:
+                self._files[name] = self._open(name, resume_sizes)
+                self._sizes[name] = 0 if resume_sizes is None else resume_sizes[name]
         except OSError as err:
             self.close()
             raise output_error(self.run_dir / name, err) from None
+        except DataError:
+            self.close()
+            raise
+        if resume_sizes is not None:
+            self._cut_back(self._sizes)
+            self._write_json(SUMMARY_JSON, {STATUS_KEY: "running"})
+            return
         self._write_rows({METRICS_CSV: _csv_line((*METRIC_FIELDS, *self.metric_columns)),
                           TIMING_CSV: _csv_line(TIMING_FIELDS),
                           **{name: _csv_line(header) for name, header in extra_csv.items()}})
         self._write_json(SUMMARY_JSON, {STATUS_KEY: "running"})
 
-    def _open(self, name: str):
-        """Open ``name`` in the run directory for unbuffered binary writing (truncated)."""
-        return open(self.run_dir / name, "wb", buffering=0)
+    def _open(self, name: str, resume_sizes: Mapping[str, int] | None):
+        """Open ``name`` in the run directory for unbuffered binary writing: truncated, or
+        (resuming) positioned at its checkpointed size, which it must have reached."""
+        path = self.run_dir / name
+        if resume_sizes is None:
+            return open(path, "wb", buffering=0)
+        size = resume_sizes.get(name)
+        have = path.stat().st_size if path.is_file() else None
+        if size is None or have is None or have < size:
+            self.close()
+            found = "missing" if have is None else f"{have} bytes"
+            raise DataError(f"{path}: {found}, but the checkpoint was taken at "
+                            f"{size} bytes; this run directory cannot be resumed")
+        handle = open(path, "r+b", buffering=0)
+        handle.seek(size)
+        return handle
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Each file's size in bytes after the last whole round (for checkpoints)."""
+        return dict(self._sizes)
 
     def _write_rows(self, lines: Mapping[str, str]) -> None:
         """Append each text line to its file: all of them, or none (files cut back).
