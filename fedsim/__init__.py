@@ -40,6 +40,7 @@ def run(
     *,
     model: Any = None,
     data: FederatedData | None = None,
+    loss: Callable | None = None,
     metrics: Mapping[str, Callable] | None = None,
     callback: Callable[[dict], Any] | None = None,
     overrides: Iterable[str] = (),
@@ -64,6 +65,10 @@ def run(
             It must map ``[batch, *input_shape]`` to ``[batch, num_classes]`` logits.
         data: your data (``FederatedData.from_arrays``) instead of the scenario's
             ``[data]``; ``data.num_clients`` is set from it.
+        loss: your training loss instead of ``algorithm.loss``: ``fn(logits [B, C],
+            labels [B]) -> [B]`` per-sample losses from torch operations (e.g.
+            ``lambda z, y: F.cross_entropy(z, y, reduction="none", label_smoothing=0.1)``);
+            the clients minimise its mean, and ``train_loss``/``test_loss`` report it.
         metrics: your metrics, ``{name: fn(logits, labels) -> float}``: on every evaluated
             round, ``fn`` gets the global model's logits ``[M, num_classes]`` on the test set
             (eval mode, no grad) and the labels ``[M]``; each is a column ``name`` of
@@ -151,7 +156,8 @@ def run(
                       overwrite, compare=False)
     result = run_scenario(sc, target, base_dir=base_dir, progress=progress,
                           label=f"{sc.name}/{name}" if name else sc.name, data=data,
-                          model=model, metrics=metrics, callback=callback, resume=resume)
+                          model=model, metrics=metrics, callback=callback, resume=resume,
+                          loss=loss)
     if plots:
         from fedsim.results.plots import plot_run
 

@@ -67,6 +67,9 @@ class AlgorithmConfig:
     # the clients' local optimizer: {name = "sgd" | "adam", **parameters}
     # (fedsim.local_opt; docs/scenarios.md); the default is plain SGD, without state
     local_opt: dict = field(default_factory=lambda: {"name": "sgd"})
+    # the clients' per-sample training loss: cross_entropy or "package.module:function"
+    # (logits [B, C], labels [B]) -> [B]; fedsim.losses
+    loss: str = "cross_entropy"
     # asynchronous decentralized algorithms (gossip_sgd, accelerated_gossip_sgd):
     gossip_rate: float = 1.0  # exchanges per edge per simulated second (Poisson)
     eval_interval_s: float = 1.0  # simulated seconds per evaluation row ("round")

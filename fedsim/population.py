@@ -3,9 +3,9 @@
 Local training, identical in both paths: every client starts at the global
 parameters; in each epoch it visits its own samples in a fresh random order and
 takes ``ceil(n_i / batch_size)`` plain SGD steps (no momentum) on consecutive
-minibatches, the last one partial. The step loss is the mean cross-entropy over
-the real samples of the minibatch, plus ``(mu / 2) * ||w - w_global||^2`` when
-``mu > 0`` (FedProx).
+minibatches, the last one partial. The step loss is the mean loss (cross-entropy, or
+the user's per-sample ``loss``; ``fedsim.losses``) over the real samples of the
+minibatch, plus ``(mu / 2) * ||w - w_global||^2`` when ``mu > 0`` (FedProx).
 
 The batched path stacks the parameters of ``m`` clients along a new leading
 dimension and computes all their gradients with
@@ -65,7 +65,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -78,6 +78,7 @@ from torch.nn.utils import parameters_to_vector
 
 from fedsim.fastmlp import FusedMLP, match_mlp
 from fedsim.local_opt import LocalOpt
+from fedsim.losses import cross_entropy
 
 # Memory budget (bytes) for one vmapped chunk of clients on CPU when
 # ``max_batched_clients`` is None: stacked parameters, gradients and temporaries plus
@@ -105,7 +106,7 @@ class CohortResult:
     Attributes:
         updates: ``[m, d]`` float32, local parameters minus the global parameters.
         losses: ``[m]`` float32, mean over the client's local SGD steps (all epochs) of
-            the minibatch cross-entropy, measured before each step and without the
+            the minibatch loss, measured before each step and without the
             proximal term; 0 for a client with no samples or ``epochs == 0``.
         num_samples: ``[m]`` int64, the number of training samples of each client.
         buffers: ``[m, b]`` each client's buffers (BatchNorm running statistics) after its
@@ -142,6 +143,8 @@ class Population:
             Any other optimizer trains on the generic ``vmap`` (or loop) path. With
             ``state = "keep"`` the population keeps each client's optimizer state
             (``opt_state``) between the ``train`` calls it is in (``clients=`` ids).
+        loss: per-sample loss ``(logits [B, C], labels [B]) -> [B]`` (``fedsim.losses``);
+            None is cross-entropy. A loss of the user's trains on the generic path.
 
     Attributes:
         vmap_fallback: why the batched path was abandoned for this model (None while it works).
@@ -168,6 +171,7 @@ class Population:
         max_batched_clients: int | None = None,
         fused: bool = True,
         local_opt: LocalOpt | None = None,
+        loss: Callable[[Tensor, Tensor], Tensor] | None = None,
     ):
         if not torch.is_floating_point(x):
             raise ValueError(f"x must be a floating tensor, got {x.dtype}")
@@ -194,6 +198,8 @@ class Population:
         self.y = y.to(self.device, torch.long)
         self.batched = batched
         self.local_opt = local_opt if local_opt is not None else LocalOpt()
+        # per-sample losses (logits [B, C], labels [B]) -> [B]; cross-entropy by default
+        self.loss = loss if loss is not None else cross_entropy
         self.opt_state: dict[int, tuple[tuple[Tensor, ...], int]] = {}
         self.max_batched_clients = max_batched_clients
         self.vmap_fallback: str | None = None
@@ -205,8 +211,8 @@ class Population:
         self._vgrad = vmap(grad_and_value(self._client_loss),
                            randomness="different" if self.stochastic else "error")
         # The fused engine for plain Linear/ReLU stacks; None keeps the generic path.
-        self._fused: FusedMLP | None = (
-            match_mlp(self.model, tuple(self.x.shape[1:])) if fused else None)
+        self._fused: FusedMLP | None = (  # it computes cross-entropy's gradient itself
+            match_mlp(self.model, tuple(self.x.shape[1:])) if fused and loss is None else None)
         # [N, fan_in] rows for the fused engine (a view unless x is non-contiguous)
         self._x_rows = self.x.flatten(1) if self._fused is not None else self.x
         self._vgrad_buffers = vmap(grad_and_value(self._client_loss_buffers),
@@ -330,7 +336,7 @@ class Population:
         self, params: Tensor, x: Tensor, y: Tensor, batch_size: int = 4096,
         buffers: Tensor | None = None,
     ) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy of the model with flat ``params`` on ``(x, y)``.
+        """Mean loss (``self.loss``) and accuracy of the model with flat ``params`` on ``(x, y)``.
 
         The model runs in ``eval()`` mode (Dropout off), so the result depends only on
         ``params`` and the data.
@@ -360,7 +366,7 @@ class Population:
             xb = x[start : start + batch_size].to(self.device, self._init.dtype)
             yb = y[start : start + batch_size].to(self.device, torch.long)
             logits = functional_call(self.model, p, (xb,))
-            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            loss_sum += self.loss(logits, yb).sum()
             correct += (logits.argmax(dim=1) == yb).sum()
         return loss_sum.item() / len(x), correct.item() / len(x)
 
@@ -712,10 +718,9 @@ class Population:
 
     # --------------------------------------------------------------- batched
     def _client_loss(self, params: tuple[Tensor, ...], xb: Tensor, yb: Tensor, mask: Tensor):
-        """Masked mean cross-entropy of one client's minibatch (vmapped over clients)."""
+        """Masked mean loss of one client's minibatch (vmapped over clients)."""
         logits = functional_call(self.model, dict(zip(self._names, params, strict=True)), (xb,))
-        ce = F.cross_entropy(logits, yb, reduction="none")
-        return (ce * mask).sum() / mask.sum().clamp_min(1.0)
+        return (self.loss(logits, yb) * mask).sum() / mask.sum().clamp_min(1.0)
 
     def _train_batched(
         self,
@@ -807,8 +812,7 @@ class Population:
         state = dict(zip(self._names, params, strict=True))
         state.update(zip(self._buf_names, buffers, strict=True))
         logits = functional_call(self.model, state, (xb,))
-        ce = F.cross_entropy(logits, yb, reduction="none")
-        return (ce * mask).sum() / mask.sum().clamp_min(1.0)
+        return (self.loss(logits, yb) * mask).sum() / mask.sum().clamp_min(1.0)
 
     def _train_chunk_buffers(
         self,
@@ -890,13 +894,13 @@ class Population:
     ) -> Tensor:
         """One SGD step of client ``r`` of a chunk on samples ``idx``, in place in its rows.
 
-        Returns the step's mean cross-entropy.
+        Returns the step's mean loss.
         """
         base = [p[r] for p in params]
         leaves = [t.detach().clone().requires_grad_(True) for t in base]
         state = dict(zip(self._names, leaves, strict=True))
         state.update(zip(self._buf_names, (b[r] for b in buffers), strict=True))
-        loss = F.cross_entropy(functional_call(self.model, state, (self.x[idx],)), self.y[idx])
+        loss = self.loss(functional_call(self.model, state, (self.x[idx],)), self.y[idx]).mean()
         grads = list(torch.autograd.grad(loss, leaves))
         with torch.no_grad():
             if opt_views is None:
@@ -969,7 +973,7 @@ class Population:
                 if buffers is not None:
                     state.update(buffers)
                 logits = functional_call(self.model, state, (self.x[idx],))
-                loss = F.cross_entropy(logits, self.y[idx])
+                loss = self.loss(logits, self.y[idx]).mean()
                 grads = list(torch.autograd.grad(loss, params))
                 with torch.no_grad():
                     if opt_views is None:

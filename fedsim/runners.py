@@ -127,7 +127,7 @@ def build_clock(sc: Scenario, base_dir: Path):
 
 
 def build_population(sc: Scenario, data: FederatedData, device: str, model=None,
-                     base_dir: Path | None = None):
+                     base_dir: Path | None = None, loss: Callable | None = None):
     """The scenario's model (from its own seed stream) over the training data, on ``device``.
 
     Args:
@@ -138,6 +138,7 @@ def build_population(sc: Scenario, data: FederatedData, device: str, model=None,
             own initialization is the start) or a function ``(input_shape, num_classes)
             -> nn.Module``, called with torch's RNG seeded from the ``model`` stream.
         base_dir: the scenario's folder, where a ``model.factory`` module is also looked for.
+        loss: the user's per-sample loss instead of ``sc.algorithm.loss`` (``fedsim.losses``).
 
     Returns:
         ``(Population, x_test, y_test)`` with the test tensors on ``device``.
@@ -145,6 +146,7 @@ def build_population(sc: Scenario, data: FederatedData, device: str, model=None,
     import torch
 
     from fedsim.local_opt import build_local_opt
+    from fedsim.losses import check_loss, load_loss
     from fedsim.models import build_model, make_model
     from fedsim.population import Population
     from fedsim.scenario import model_dirs
@@ -156,9 +158,14 @@ def build_population(sc: Scenario, data: FederatedData, device: str, model=None,
     else:
         model = build_model(sc.model, data.input_shape, data.num_classes, seed=seed,
                             search_dirs=model_dirs(base_dir))
+    if loss is not None:
+        check_loss(loss, model, data.input_shape, data.num_classes,
+                   getattr(loss, "__qualname__", "the loss"))
+    else:
+        loss = load_loss(sc.algorithm.loss, model_dirs(base_dir))
     pop = Population(model, torch.from_numpy(data.x_train), torch.from_numpy(data.y_train),
                      device=device, batched=sc.batched,
-                     local_opt=build_local_opt(sc.algorithm.local_opt))
+                     local_opt=build_local_opt(sc.algorithm.local_opt), loss=loss)
     return pop, torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)
 
 
@@ -258,7 +265,7 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                  data: FederatedData | None = None, model=None,
                  metrics: Mapping[str, Callable] | None = None,
                  callback: Callable[[dict], Any] | None = None,
-                 resume: bool = False) -> RunResult:
+                 resume: bool = False, loss: Callable | None = None) -> RunResult:
     """Run one scenario (no variants) and write its run directory.
 
     Args:
@@ -281,6 +288,8 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         resume: continue the run in ``run_dir`` from its ``checkpoint.pt`` (written every
             ``sc.checkpoint_every`` rounds); ``sc``, ``model``, ``data`` and ``metrics``
             must be those it was started with.
+        loss: a per-sample loss ``(logits, labels) -> [B]`` instead of
+            ``sc.algorithm.loss`` (``fedsim.losses``).
 
     Returns:
         The run directory, the summary dict (also written as summary.json) and
@@ -291,13 +300,13 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         from fedsim.decentralized.runner import run_decentralized
 
         return run_decentralized(sc, run_dir, base_dir, progress, label, data, model, metrics,
-                                 callback, resume)
+                                 callback, resume, loss)
     from fedsim.runs.loop import RunLoop
 
     metrics = check_metrics(metrics)
     started = time.perf_counter()
     run = FederatedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data, model,
-                       metrics)
+                       metrics, loss)
     run.label = label or sc.name  # names the run in its warnings
     loop = RunLoop(sc, run_dir, label=run.label, progress=progress, device=run.device,
                    metric_columns=tuple(metrics), callback=callback, resume=resume, started=started)
@@ -335,7 +344,8 @@ class FederatedRun:
     """
 
     def __init__(self, sc: Scenario, base_dir: Path, data: FederatedData | None = None,
-                 model=None, metrics: Mapping[str, Callable] | None = None):
+                 model=None, metrics: Mapping[str, Callable] | None = None,
+                 loss: Callable | None = None):
 
         from fedsim.algorithms import build_algorithm
         from fedsim.data import load_federated
@@ -352,7 +362,7 @@ class FederatedRun:
         self.is_byzantine, data = _byzantine_setup(sc, data)
         self.backdoor_test = _backdoor_test(sc, data, self.device)
         self.pop, self.x_test, self.y_test = build_population(sc, data, self.device, model,
-                                                              base_dir)
+                                                              base_dir, loss)
         # Index arrays stay numpy until a client trains: the population joins them and
         # moves them in one transfer (no tensors for a whole 100k population at setup).
         self.client_idx = data.client_indices

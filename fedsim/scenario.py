@@ -277,6 +277,7 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None,
             it, as the run will; False where the run is given its data (``fedsim.run``).
     """
     from fedsim.data import DATASETS, PARTITIONS
+    from fedsim.losses import check_loss_spec
     from fedsim.models import BUFFER_POLICIES, MODELS, check_factory_spec
 
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -326,6 +327,7 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None,
     _one_of(m.buffers, BUFFER_POLICIES, "model.buffers")
     a = sc.algorithm
     _one_of(a.name, ALGORITHMS, "algorithm.name")
+    check_loss_spec(a.loss)  # a function of the user's is loaded with the data (_validate_data)
     check_tensor_value(a.lr, "algorithm.lr", 0.0, low_open=True)
     _at_least(a.local_epochs, 1, "algorithm.local_epochs")
     _at_least(a.batch_size, 1, "algorithm.batch_size")
@@ -373,11 +375,16 @@ def _validate_data(sc: Scenario, base_dir: Path) -> None:
         mask = choose_byzantine(sc.data.num_clients, sc.attack.fraction, sc.seed)
         apply_data_attack(sc.attack.name, data, mask, sc.attack.params,
                           numpy_rng(sc.seed, "attack/data"))
-    if sc.model.factory:  # import it and build the model on the data's shapes
+    from fedsim.losses import LOSSES, check_loss, load_loss
+
+    if sc.model.factory or sc.algorithm.loss not in LOSSES:  # import and probe them
         from fedsim.models import build_model
 
-        build_model(sc.model, data.input_shape, data.num_classes,
-                    search_dirs=model_dirs(base_dir))
+        model = build_model(sc.model, data.input_shape, data.num_classes,
+                            search_dirs=model_dirs(base_dir))
+        loss = load_loss(sc.algorithm.loss, model_dirs(base_dir))
+        if loss is not None:
+            check_loss(loss, model, data.input_shape, data.num_classes, sc.algorithm.loss)
 
 
 def model_dirs(base_dir: Path | None) -> tuple[Path, ...]:

@@ -81,7 +81,8 @@ NODE_FIELDS = ("consensus_distance", "node_accuracy_mean", "node_accuracy_min")
 def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                       progress: bool | None = None, label: str = "",
                       data: FederatedData | None = None, model=None,
-                      metrics=None, callback=None, resume: bool = False) -> RunResult:
+                      metrics=None, callback=None, resume: bool = False,
+                      loss=None) -> RunResult:
     """Run one decentralized scenario and write its run directory.
 
     Args:
@@ -97,6 +98,7 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         callback: called after each row is written, with the row (metrics, user metrics
             and the consensus.csv node columns), as ``runners.run_scenario``.
         resume: continue from ``run_dir/checkpoint.pt``, as ``runners.run_scenario``.
+        loss: the user's per-sample loss, as ``runners.run_scenario``.
 
     Returns:
         The run directory, the summary and the final average model ``x.mean(0)`` (CPU),
@@ -107,7 +109,7 @@ def run_decentralized(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
     metrics = check_metrics(metrics)
     started = time.perf_counter()
     run = DecentralizedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data,
-                           model, metrics)
+                           model, metrics, loss)
     run.label = label or sc.name  # names the run in its warnings
     loop = RunLoop(sc, run_dir, label=run.label, progress=progress, device=run.device,
                    metric_columns=tuple(metrics), callback=callback, resume=resume, started=started,
@@ -143,7 +145,7 @@ class DecentralizedRun:
     """
 
     def __init__(self, sc: Scenario, base_dir: Path, data: FederatedData | None = None,
-                 model=None, metrics=None):
+                 model=None, metrics=None, loss=None):
         from fedsim.data import load_federated
         from fedsim.network.topology import resolve_topology, with_link_defaults
         from fedsim.scenario import topology_dirs
@@ -167,7 +169,7 @@ class DecentralizedRun:
             raise ScenarioError("data.num_clients", f"the data has {len(data.client_indices)} "
                                 f"clients but the graph has {n} nodes (one client per node)")
         self.pop, self.x_test, self.y_test = build_population(sc, data, self.device, model,
-                                                              base_dir)
+                                                              base_dir, loss)
         self.client_idx = [torch.from_numpy(ix).to(self.device) for ix in data.client_indices]
         self.sizes = np.asarray([len(ix) for ix in data.client_indices], dtype=np.float64)
         self.n, self.d = n, self.pop.d

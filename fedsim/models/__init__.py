@@ -155,16 +155,16 @@ def cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def check_factory_spec(spec: str) -> tuple[str, str]:
+def check_factory_spec(spec: str, key: str = FACTORY_KEY) -> tuple[str, str]:
     """``"package.module:function"`` -> ``("package.module", "function")``.
 
     Raises:
-        ScenarioError: (``model.factory``) the text is not of that form.
+        ScenarioError: (``key``, e.g. ``model.factory``) the text is not of that form.
     """
     module, sep, attr = spec.partition(":")
     names = module.split(".") + attr.split(".")
     if not sep or not all(part.isidentifier() for part in names):
-        raise ScenarioError(FACTORY_KEY, f"must be 'package.module:function', got {spec!r}")
+        raise ScenarioError(key, f"must be 'package.module:function', got {spec!r}")
     return module, attr
 
 
@@ -182,36 +182,37 @@ def _import_path(search_dirs: Sequence[Path]) -> Iterator[None]:
                 sys.path.remove(d)
 
 
-def load_factory(spec: str, search_dirs: Sequence[Path] = ()) -> Callable:
+def load_factory(spec: str, search_dirs: Sequence[Path] = (), key: str = FACTORY_KEY,
+                 expected: str = "(input_shape, num_classes) -> nn.Module") -> Callable:
     """The function named by ``"package.module:function"`` (``function`` may be dotted).
 
     The module is imported from ``sys.path``, then from ``search_dirs``.
 
     Raises:
-        ScenarioError: (``model.factory``) a malformed name, a module that cannot be
-            imported (or raises while importing), a missing attribute, or one that is not
-            callable.
+        ScenarioError: (``key``: ``model.factory``, ``algorithm.loss``) a malformed name, a
+            module that cannot be imported (or raises while importing), a missing
+            attribute, or one that is not callable.
     """
-    module_name, attr = check_factory_spec(spec)
+    module_name, attr = check_factory_spec(spec, key)
     try:
         with _import_path(search_dirs):
             obj = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         missing = f" ({err})" if err.name != module_name else ""
-        raise ScenarioError(FACTORY_KEY, f"cannot import module {module_name!r}{missing}; "
+        raise ScenarioError(key, f"cannot import module {module_name!r}{missing}; "
                             "it must be importable (installed, or a .py file next to the "
                             "scenario or in the working folder)") from None
     except Exception as err:  # the user's module failed while importing
-        raise ScenarioError(FACTORY_KEY, f"importing {module_name!r} raised "
+        raise ScenarioError(key, f"importing {module_name!r} raised "
                             f"{type(err).__name__}: {err}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ScenarioError(FACTORY_KEY, f"module {module_name!r} has no attribute "
+            raise ScenarioError(key, f"module {module_name!r} has no attribute "
                                 f"{attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ScenarioError(FACTORY_KEY, f"{spec!r} is a {type(obj).__name__}, not a function "
-                            "(input_shape, num_classes) -> nn.Module")
+        raise ScenarioError(key, f"{spec!r} is a {type(obj).__name__}, not a function "
+                            f"{expected}")
     return obj
 
 
