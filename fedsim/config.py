@@ -67,6 +67,9 @@ class AlgorithmConfig:
     # the clients' local optimizer: {name = "sgd" | "adam", **parameters}
     # (fedsim.local_opt; docs/scenarios.md); the default is plain SGD, without state
     local_opt: dict = field(default_factory=lambda: {"name": "sgd"})
+    # communication compression: {name = "none" | "sketch" | "fetchsgd" | "topk", ...}
+    # (fedsim.privacy.registry; docs/privacy.md)
+    compress: dict = field(default_factory=lambda: {"name": "none"})
     # the clients' per-sample training loss: cross_entropy or "package.module:function"
     # (logits [B, C], labels [B]) -> [B]; fedsim.losses
     loss: str = "cross_entropy"
@@ -126,6 +129,19 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level differential privacy (DP-FedAvg) and its accounting (docs/privacy.md)."""
+
+    mode: str = "none"  # none | central (noise on the sum, at the server) | local (per client)
+    clip: float = 1.0  # C: each client's update is clipped to this L2 norm
+    noise_multiplier: float = 1.0  # z: Gaussian noise of std z * C
+    target_epsilon: float = 0.0  # > 0: pick z so that epsilon(delta) after `rounds` is this
+    delta: float = 1e-5
+    accountant: str = "rdp"  # rdp | prv (opacus' accountants)
+    max_epsilon: float = 0.0  # > 0: stop (results kept) before a round would exceed it
+
+
+@dataclass(frozen=True)
 class Scenario:
     """One study: data x model x algorithm x network x attack, and how to run it."""
 
@@ -143,6 +159,7 @@ class Scenario:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     # name -> {dotted key: value}; each variant is run as the base scenario plus
     # its overrides, and the runs are compared in one plot.
     variants: dict = field(default_factory=dict)

@@ -214,7 +214,7 @@ def check_metrics(metrics: Mapping[str, Callable] | None) -> dict[str, Callable]
         if not isinstance(name, str) or not METRIC_NAME.fullmatch(name):
             raise ScenarioError("metrics", f"names must be identifiers (letters, digits, _; at "
                                            f"most 64), got {name!r}")
-        if name in METRIC_FIELDS:
+        if name in (*METRIC_FIELDS, "epsilon"):
             raise ScenarioError("metrics", f"{name!r} is one of fedsim's own columns; allowed: "
                                            "any other name")
         if not callable(fn):
@@ -309,17 +309,21 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                        metrics, loss)
     run.label = label or sc.name  # names the run in its warnings
     loop = RunLoop(sc, run_dir, label=run.label, progress=progress, device=run.device,
-                   metric_columns=tuple(metrics), callback=callback, resume=resume, started=started)
+                   metric_columns=(*run.own_columns, *metrics), callback=callback,
+                   resume=resume, started=started)
     if loop.restored is not None:
         run.load_state_dict(loop.restored)
     completed = False
     try:
         for rnd in range(loop.next_round, sc.rounds + 1):
+            if not run.may_play(rnd):
+                break
             record, walls = run.round(rnd, cum_bytes=loop.cum_bytes)
-            loop.emit(record, walls, run.last_metrics, state=run.state_dict)
+            loop.emit(record, walls, {**run.own_values(rnd), **run.last_metrics},
+                      state=run.state_dict)
         completed = True
     finally:
-        facts = run.summary()
+        facts = run.summary(rounds_done=len(loop.records))
         if metrics:
             facts["final_metrics"] = run.final_metrics
         summary = loop.finish(facts, model=(run.pop.model, run.params, run.eval_buffers())
@@ -368,7 +372,14 @@ class FederatedRun:
         self.client_idx = data.client_indices
         self.sizes = data.client_sizes()
         self.clock = build_clock(sc, base_dir)
-        self.alg = build_algorithm(sc.algorithm)
+        self.privacy = None  # DP-FedAvg (fedsim.privacy.federated), with [privacy] mode set
+        if sc.privacy.mode != "none":
+            from fedsim.privacy.federated import ClientPrivacy
+
+            self.privacy = ClientPrivacy(sc.privacy, sc.data.num_clients,
+                                         sc.clients_per_round, sc.rounds)
+        self.alg = build_algorithm(sc.algorithm, self.pop.d, stream_seed(sc.seed, "compress"),
+                                   self.privacy)
         self.attack = _update_attack(sc)
 
         n, d = sc.data.num_clients, self.pop.d
@@ -385,16 +396,20 @@ class FederatedRun:
             if self.local_buffers:
                 self.client_buffers = self.buffers.expand(n, -1).clone()
                 self.trained = np.zeros(n, dtype=bool)
+        downlink = self.alg.downlink
         self.states = {"uplink": self.alg.uplink.init(n, d), "attack": self.attack.init(n, d),
                        "aggregate": self.alg.aggregate.init(n, d),
+                       "downlink": downlink.init(d) if downlink is not None else None,
                        "server": self.alg.server.init(d)}
         self.sampling = numpy_rng(sc.seed, "sampling")
         self.gens = {name: torch_generator(sc.seed, name, self.device)
                      for name in ("training", "noise", "attack", "aggregate")}
-        self.bytes_down, self.bytes_up = 4 * d, self.alg.uplink.nbytes(d)
+        self.bytes_up = self.alg.uplink.nbytes(d)
+        self.bytes_down = 4 * d if downlink is None else downlink.nbytes(d)
         over = sc.network.over_selection if sc.network.policy == "first_k" else 1.0
         self.m_target = min(n, math.ceil(sc.clients_per_round * over))
         self.diverged_round: int | None = None
+        self.stopped: str | None = None  # why the run ended before its last round
         self.not_converged_rounds = 0
         self.rejected = self.rejected_rows = 0  # non-finite rows: this round, all rounds
         self.honest_rejected = 0  # of this round's, rows from honest clients (diverged SGD)
@@ -471,9 +486,13 @@ class FederatedRun:
         rows, actx, self.rejected = reject_nonfinite(rows, ctx._replace(gen=self.gens["aggregate"]))
         self.rejected_rows += self.rejected
         self.honest_rejected = int((~ctx.byzantine).sum() - (~actx.byzantine).sum())
+        if self.privacy is not None:  # every row sent was released, kept or not
+            self.privacy.record(np.asarray(done, dtype=np.int64))
         if rows.shape[0]:  # every row rejected: the round applies no update
             agg, st["aggregate"] = alg.aggregate.aggregate(rows, st["aggregate"], actx)
             self.not_converged_rounds += _not_converged(st["aggregate"])
+            if alg.downlink is not None:  # de-sketch, central noise: [d'] -> [d]
+                agg, st["downlink"] = alg.downlink.update(agg, st["downlink"], actx)
             self.params, st["server"] = alg.server.apply(self.params, agg, st["server"])
         if res.buffers is not None:
             self._update_buffers(done, res.buffers, weights, senders, actx.senders)
@@ -535,6 +554,8 @@ class FederatedRun:
                 "states": self.states, "sampling": self.sampling.bit_generator.state,
                 "gens": {name: gen.get_state() for name, gen in self.gens.items()},
                 "clock": self.clock, "opt_state": self.pop.opt_state,
+                "participation": (None if self.privacy is None
+                                  else self.privacy.participation),
                 "counters": {"diverged_round": self.diverged_round,
                              "not_converged_rounds": self.not_converged_rounds,
                              "rejected_rows": self.rejected_rows,
@@ -549,16 +570,46 @@ class FederatedRun:
         for name, gen in self.gens.items():
             gen.set_state(state["gens"][name].cpu())
         self.pop.opt_state = state["opt_state"]
+        if self.privacy is not None:
+            self.privacy.participation = state["participation"]
         for name, value in state["counters"].items():
             setattr(self, name, value)
 
-    def summary(self) -> dict:
+    @property
+    def own_columns(self) -> tuple[str, ...]:
+        """Columns of metrics.csv after fedsim's own that this run adds: ``epsilon`` (the
+        privacy spent so far) with ``[privacy]``."""
+        return ("epsilon",) if self.privacy is not None else ()
+
+    def own_values(self, rnd: int) -> dict[str, float]:
+        """This run's ``own_columns`` after round ``rnd``."""
+        return {"epsilon": self.privacy.epsilon(rnd)} if self.privacy is not None else {}
+
+    def may_play(self, rnd: int) -> bool:
+        """False when round ``rnd`` would spend more than ``privacy.max_epsilon``: the run
+        stops there (a warning says so; what was done is kept)."""
+        if self.privacy is None or self.privacy.allows(rnd):
+            return True
+        from fedsim.divergence import warn
+
+        self.stopped = (f"privacy budget: round {rnd} would spend epsilon "
+                        f"{self.privacy.epsilon(rnd - 1, extra=1):.4g} > privacy.max_epsilon "
+                        f"{self.sc.privacy.max_epsilon:g}")
+        warn(f"{self.label}: stopped before round {rnd}: {self.stopped.split(': ', 1)[1]}")
+        return False
+
+    def summary(self, rounds_done: int = 0) -> dict:
         """Run facts for summary.json beyond the metrics."""
         out = {"name": self.sc.name, "device": self.device, "num_params": self.pop.d,
                "num_clients": self.sc.data.num_clients, "diverged_round": self.diverged_round,
                "byzantine_clients": int(self.is_byzantine.sum()),
                "aggregator_not_converged_rounds": self.not_converged_rounds,
-               "rejected_rows": self.rejected_rows}
+               "rejected_rows": self.rejected_rows, "bytes_up_per_client": self.bytes_up,
+               "bytes_down_per_client": self.bytes_down}
+        if self.stopped is not None:
+            out["stopped"] = self.stopped
+        if self.privacy is not None:
+            out["privacy"] = self.privacy.summary(rounds_done)
         if self.backdoor_test is not None:
             _, out["backdoor_success"] = self.pop.evaluate(self.params, *self.backdoor_test,
                                                            buffers=self.eval_buffers())

@@ -43,7 +43,7 @@ ASYNC_ALGORITHMS = ("gossip_sgd", "accelerated_gossip_sgd")  # steps at each nod
 ALGORITHMS = ("fedavg", "fedprox", *DECENTRALIZED_ALGORITHMS)
 # fields whose value is a whole table (kept as one value when variants are flattened)
 TABLE_FIELDS = ("network.topology_params", "algorithm.aggregator", "algorithm.server_opt",
-                "algorithm.local_opt", "attack.params")
+                "algorithm.local_opt", "algorithm.compress", "attack.params")
 MAX_DEPTH = 32  # lists and tables nested deeper are refused (a scenario needs about 6)
 
 
@@ -279,6 +279,7 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None,
     from fedsim.data import DATASETS, PARTITIONS
     from fedsim.losses import check_loss_spec
     from fedsim.models import BUFFER_POLICIES, MODELS, check_factory_spec
+    from fedsim.privacy.validate import validate_privacy
 
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     _name(sc.name, "name")
@@ -344,6 +345,7 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None,
     _validate_aggregator(a.aggregator)
     _validate_server_opt(a)
     _validate_local_opt(a)
+    validate_privacy(sc, a.name in DECENTRALIZED_ALGORITHMS)
     _validate_attack(sc)
     _validate_variants(sc, base_dir, load_data)
     if not sc.variants:  # a file with variants runs only them; each is checked above

@@ -7,10 +7,18 @@ from fedsim.config import AlgorithmConfig
 from fedsim.errors import ScenarioError
 
 
-def build_algorithm(cfg: AlgorithmConfig) -> Algorithm:
+def build_algorithm(cfg: AlgorithmConfig, d: int | None = None, seed: int = 0,
+                    privacy=None) -> Algorithm:
     """The algorithm named by ``cfg.name``: "fedavg", "fedprox" (the same with ``mu > 0``), or
     a decentralized one ("dsgd", "gossip_sgd", "accelerated_gossip_sgd"), see
-    :func:`decentralized`."""
+    :func:`decentralized`.
+
+    Args:
+        cfg: the scenario's algorithm section.
+        d: the model's width (needed by ``cfg.compress`` widths given as a ratio).
+        seed: the compression stream's seed (``stream_seed(root, "compress")``).
+        privacy: a ``fedsim.privacy.federated.ClientPrivacy`` (DP-FedAvg), or None.
+    """
     from fedsim.algorithms.fedavg import fedavg
 
     builders = {"fedavg": fedavg, "fedprox": fedavg,  # the names in scenario.ALGORITHMS
@@ -19,6 +27,8 @@ def build_algorithm(cfg: AlgorithmConfig) -> Algorithm:
     if cfg.name not in builders:
         raise ScenarioError("algorithm.name",
                             f"unknown algorithm {cfg.name!r}; allowed: {', '.join(builders)}")
+    if cfg.name in ("fedavg", "fedprox"):
+        return fedavg(cfg, d, seed, privacy)
     return builders[cfg.name](cfg)
 
 

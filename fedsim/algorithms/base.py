@@ -1,13 +1,14 @@
 """What an algorithm is: the slots a runner fills in, in order.
 
-client update -> uplink chain -> aggregate -> server optimizer (see DESIGN.md).
+client update -> uplink chain -> aggregate -> downlink (server stages) -> server optimizer
+(see DESIGN.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedsim.stages.base import Aggregator, ServerOpt, Stage
+from fedsim.stages.base import Aggregator, ServerOpt, ServerStage, Stage
 
 
 @dataclass(frozen=True)
@@ -30,3 +31,5 @@ class Algorithm:
     aggregate: Aggregator
     server: ServerOpt
     weighted: bool = True  # weight rows by the clients' sample counts
+    # between aggregate and server optimizer: de-sketch, central DP noise (None: nothing)
+    downlink: ServerStage | None = None

@@ -88,3 +88,22 @@ def chain(*stages: Stage) -> Stage:
         return updates, tuple(new_state)
 
     return Stage(init=init, update=update, nbytes=stages[-1].nbytes)
+
+
+def server_chain(*stages: ServerStage) -> ServerStage | None:
+    """Server stages applied left to right (None: there are none); the broadcast is the last
+    stage's output, so ``nbytes`` is the last stage's."""
+    if not stages:
+        return None
+
+    def init(d: int) -> tuple:
+        return tuple(s.init(d) for s in stages)
+
+    def update(u: Tensor, state: tuple, ctx: Ctx) -> tuple[Tensor, tuple]:
+        new_state = []
+        for stage, st in zip(stages, state, strict=True):
+            u, st = stage.update(u, st, ctx)
+            new_state.append(st)
+        return u, tuple(new_state)
+
+    return ServerStage(init=init, update=update, nbytes=stages[-1].nbytes)
