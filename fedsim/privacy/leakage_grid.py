@@ -5,7 +5,9 @@ image is the batch of one client; the server observes ``R m + N(0, σ² I_b)`` (
 :mod:`fedsim.privacy.leakage`) with a dense Gaussian ``R`` (``N(0, 1/b)`` entries,
 known to the attacker) and reconstructs the image. Writes ``leakage.csv`` (one row
 per attack × setting × image) and ``leakage_grid.png`` (originals over
-reconstructions).
+reconstructions). Another sketch (the operators of :mod:`fedsim.privacy.sketch`, or
+none at full width) comes in through ``sketch_factory``; ``fedsim attack leakage``
+(:mod:`fedsim.privacy.leakage_study`) runs the grid on a scenario's own images.
 
 Seeds: the model, each width's ``R``, each image's noise direction and each image's
 dummy initialization have their own streams split from ``seed``
@@ -37,6 +39,7 @@ from torch import nn
 from fedsim.errors import ScenarioError
 from fedsim.privacy.leakage import (
     ATTACKS,
+    Sketch,
     ThreatModel,
     gaussian_sketch,
     label_accuracy,
@@ -48,7 +51,12 @@ from fedsim.privacy.leakage import (
 )
 from fedsim.seeding import stream_seed
 
-COLUMNS = ("attack", "b/d", "b", "d", "noise", "steps", "image", "label", "psnr_db", "label_acc")
+COLUMNS = (
+    "attack", "sketch", "b/d", "b", "d", "noise", "steps", "image", "label", "psnr_db",
+    "label_acc",
+)  # fmt: skip
+SketchFactory = Callable[[int, int], Sketch | None]
+"""``(d, b) -> sketch``: the linear map ``[d] -> [~b]`` of a width (None: the plain update)."""
 DEFAULT_ITERATIONS = {"dlg": 200, "idlg": 200, "ig": 300}
 
 
@@ -87,6 +95,8 @@ def run_leakage_grid(
     data_range: tuple[float, float] = (0.0, 1.0),
     figure_images: int = 4,
     progress: Callable[[dict], None] | None = None,
+    sketch_factory: SketchFactory | None = None,
+    sketch_name: str = "dense",
 ) -> list[dict]:
     """Attack every image under every (attack, b/d, noise, steps); write CSV and figure.
 
@@ -110,6 +120,12 @@ def run_leakage_grid(
         data_range: ``(lo, hi)`` of the pixels (PSNR range and the box constraint).
         figure_images: how many of the first images the figure shows per setting.
         progress: called with each row once it is measured.
+        sketch_factory: ``(d, b) -> sketch`` builds the map of each width (None from it:
+            the plain update, no sketch); the row's ``b`` is the map's output length
+            (``d`` for the plain update). Default: a dense Gaussian ``R`` with ``N(0, 1/b)``
+            entries from the grid's own stream (square at ``b/d = 1``).
+        sketch_name: the ``sketch`` column of the rows made with ``sketch_factory``'s maps
+            (``"none"`` where it gave None).
 
     Returns:
         The rows (dicts with the keys of :data:`COLUMNS`), in the CSV's order.
@@ -144,8 +160,14 @@ def run_leakage_grid(
     recon: dict[tuple, torch.Tensor] = {}
     for ratio in ratios:
         b = max(1, round(float(ratio) * d))
-        r_mat = gaussian_sketch(d, b, _gen(seed, f"sketch/{b}"))
-        sketch = matrix_sketch(r_mat)
+        if sketch_factory is None:
+            sketch: Sketch | None = matrix_sketch(gaussian_sketch(d, b, _gen(seed, f"sketch/{b}")))
+            width, kind = b, "dense"
+        else:
+            sketch = sketch_factory(d, b)
+            with torch.no_grad():
+                width = d if sketch is None else int(sketch(torch.zeros(d)).numel())
+            kind = sketch_name if sketch is not None else "none"
         for steps in local_steps:
             for noise in noise_stds:
                 threat = ThreatModel(
@@ -168,8 +190,9 @@ def run_leakage_grid(
                         )
                         row = {
                             "attack": attack,
+                            "sketch": kind,
                             "b/d": float(ratio),
-                            "b": b,
+                            "b": width,
                             "d": d,
                             "noise": float(noise),
                             "steps": int(steps),
