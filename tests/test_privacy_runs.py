@@ -105,6 +105,13 @@ def test_sketched_round_is_the_desketched_aggregate(tmp_path):
     assert rows[0]["bytes_up"] == 10 * 4 * b and rows[0]["bytes_down"] == 10 * 4 * b
 
 
+def test_central_dp_on_a_sketch_sends_the_sketch(tmp_path):
+    res = _run(tmp_path, "skdp", privacy={"mode": "central"},
+               algorithm={"lr": 0.1, "compress": {"name": "sketch", "b": 64}})
+    rows = read_metrics(res.run_dir)
+    assert rows[0]["bytes_up"] == rows[0]["bytes_down"] == 10 * 4 * 64
+
+
 @pytest.mark.parametrize(("compress", "up", "down"), [
     ({"name": "topk", "k": 50}, 8 * 50, 4 * D),
     ({"name": "fetchsgd", "rows": 5, "cols": 40, "k": 30}, 4 * 200, 8 * 30),

@@ -79,7 +79,8 @@ class ClientPrivacy:
         c, z = self.cfg.clip, self.noise_multiplier
         if self.cfg.mode == "local":
             return chain(clip_rows(c), local_noise(z, c), compress)
-        return chain(compress, clip_rows(c))
+        clip = clip_rows(c)  # keeps the width: the wire is the compressor's
+        return chain(compress, clip._replace(nbytes=compress.nbytes))
 
     def server(self, decompress: ServerStage | None) -> ServerStage | None:
         """Central noise on the aggregate, before de-sketching (central mode only)."""
