@@ -238,12 +238,16 @@ def _mean_step_s(sc: Scenario, n: int, base_dir: Path | None) -> float:
     return float(np.mean(model.mean_times(np.arange(n), work)))
 
 
-def estimate(sc: Scenario, base_dir: Path | None = None) -> Estimate:
+def estimate(sc: Scenario, base_dir: Path | None = None, params: int | None = None
+             ) -> Estimate:
     """Memory (host and device) and event counts the scenario will need.
 
     Args:
         sc: a scenario whose fields passed the range checks.
         base_dir: the scenario file's folder (a compute trace for the step rate).
+        params: the model's parameter count when known (a built ``model.factory`` model);
+            None counts fedsim's own model from its layer shapes (0 for a factory, whose
+            size is unknown before it is built).
 
     Returns:
         The :class:`Estimate` (see the module doc for each part).
@@ -255,7 +259,7 @@ def estimate(sc: Scenario, base_dir: Path | None = None) -> Estimate:
     shape, classes = input_shape(sc), num_classes(sc)
     feats = math.prod(shape)
     samples = _samples(sc)
-    P = num_params(sc)
+    P = params if params is not None else 0 if sc.model.factory else num_params(sc)
     host: list[Part] = [Part("runtime", RUNTIME_BYTES, "", "python, numpy and torch")]
     device: list[Part] = []
 
@@ -274,7 +278,7 @@ def estimate(sc: Scenario, base_dir: Path | None = None) -> Estimate:
                      f"{samples:,} samples x {feats:,} features, {n:,} clients"))
 
     # ---- model
-    model_key = _model_key(sc)
+    model_key = "model.factory" if sc.model.factory else _model_key(sc)
     test = (10_000 if d.dataset in ("mnist", "cifar10")
             else max(1, round(samples * d.test_fraction)))
     model_bytes = MODEL_COPIES * 4 * P + 2 * 4 * min(EVAL_BATCH, test) * _activation_width(sc)
@@ -447,12 +451,14 @@ def _env_bytes(text: str, name: str) -> int:
 # --------------------------------------------------------------------------- the check
 
 
-def check_resources(sc: Scenario, base_dir: Path | None = None) -> Estimate:
+def check_resources(sc: Scenario, base_dir: Path | None = None,
+                    params: int | None = None) -> Estimate:
     """Refuse a scenario that will not fit: one ScenarioError naming the field.
 
     Args:
         sc: a scenario that passed the range checks.
         base_dir: the scenario file's folder.
+        params: the model's parameter count when known (see ``estimate``).
 
     Returns:
         The :class:`Estimate` when it fits.
@@ -461,7 +467,7 @@ def check_resources(sc: Scenario, base_dir: Path | None = None) -> Estimate:
         ScenarioError: too many asynchronous events, or more host (or GPU) memory than
             available; names the field behind the largest part.
     """
-    est = estimate(sc, base_dir)
+    est = estimate(sc, base_dir, params)
     if est.steps is not None and est.steps > MAX_STEPS:
         horizon = sc.rounds * sc.algorithm.eval_interval_s
         key = _blame(("algorithm.eval_interval_s", sc.algorithm.eval_interval_s, 2.5),

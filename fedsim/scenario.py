@@ -384,6 +384,10 @@ def _validate_data(sc: Scenario, base_dir: Path) -> None:
 
         model = build_model(sc.model, data.input_shape, data.num_classes,
                             search_dirs=model_dirs(base_dir))
+        if sc.model.factory:  # its size is known now: the memory check again, with it
+            from fedsim.resources import check_resources
+
+            check_resources(sc, base_dir, params=sum(p.numel() for p in model.parameters()))
         loss = load_loss(sc.algorithm.loss, model_dirs(base_dir))
         if loss is not None:
             check_loss(loss, model, data.input_shape, data.num_classes, sc.algorithm.loss)

@@ -177,3 +177,21 @@ def test_resources_imports_no_torch():
                          check=True).stdout
     # "auto" asks torch about a GPU only where an NVIDIA driver is loaded
     assert out.split() == ["False", str(resources._nvidia_driver())]
+
+
+def test_a_factory_model_is_sized_once_built(monkeypatch, tmp_path):
+    # 20M parameters (80 MB built): 6 copies in training do not fit in 600 MB
+    (tmp_path / "wide.py").write_text(
+        "import torch.nn as nn\n\n"
+        "def make(shape, classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 300_000), nn.Linear(300_000, 10))\n")
+    path = tmp_path / "s.toml"
+    path.write_text('[model]\nfactory = "wide:make"\n')
+    monkeypatch.setenv(resources.MEMORY_ENV, str(600 * 2**20))
+    from fedsim.scenario import load_scenario, validate_scenario
+
+    sc = load_scenario(path, validate=False)
+    with pytest.raises(ScenarioError, match=r"^model\.factory: the run needs about"):
+        validate_scenario(sc, tmp_path)
+    monkeypatch.setenv(resources.MEMORY_ENV, CAP)
+    validate_scenario(sc, tmp_path)  # fits in 8 GB
