@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("what", nargs="?", default="all",
                      choices=["all", "scenarios", "topologies", "datasets", "models",
                               "algorithms", "aggregators", "attacks", "server_opts",
-                              "local_opts"])
+                              "local_opts", "compressions", "privacy_modes"])
     lst.set_defaults(func=_cmd_list)
 
     topo = sub.add_parser("topology", help="describe a topology (and save a picture)")
@@ -313,6 +313,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from fedsim.local_opt import LOCAL_OPTS
     from fedsim.models import MODELS
     from fedsim.network.topology import available_topologies
+    from fedsim.privacy.federated import MODES
+    from fedsim.privacy.registry import COMPRESSIONS
     from fedsim.scenario import ALGORITHMS
     from fedsim.shipped import SCENARIOS_DIR, shipped_scenarios
     from fedsim.stages.attacks import UPDATE_ATTACKS
@@ -331,6 +333,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         "attacks": [a for a in UPDATE_ATTACKS if a != "none"] + list(DATA_ATTACKS),
         "server_opts": list(SERVER_OPTS),  # algorithm.server_opt.name
         "local_opts": list(LOCAL_OPTS),  # algorithm.local_opt.name
+        "compressions": list(COMPRESSIONS),  # algorithm.compress.name
+        "privacy_modes": list(MODES),  # privacy.mode
     }
     for what, names in items.items():
         if args.what in ("all", what):
