@@ -38,7 +38,7 @@ have mask ``r_j`` = 1 and padding ``r_j`` = 0; ``c = sum_j r_j``:
   FedProx (``mu > 0``) first pulls ``A_l <- A_l + lr*mu*s (A_l^0 - A_l)``
   (``torch.lerp``), where ``s`` is 1 if the client has a real sample in the step
   and 0 otherwise, and ``A_l^0`` the global parameters: together this is
-  ``w <- w - lr * (grad + mu (w - w0))`` of ``Population``'s ``_sgd_step``.
+  ``w <- w - lr * (grad + mu (w - w0))`` of ``fedsim.population.update.sgd_step``.
   A client with no real sample in a step has ``g = 0`` and ``s = 0``: unchanged.
 * SGD with momentum or weight decay (``fedsim.local_opt``, as ``torch.optim.SGD``):
   the update is no longer fused; a buffer ``B_l`` per layer (the momentum buffer in the

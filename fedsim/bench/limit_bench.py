@@ -344,8 +344,8 @@ def patched_runner(probe: Probe) -> Iterator[None]:
     from fedsim.population import Population
     from fedsim.results.records import RunWriter
 
-    def timed_algorithm(cfg: Any) -> Any:
-        alg = build_algorithm(cfg)
+    def timed_algorithm(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        alg = build_algorithm(cfg, *args, **kwargs)
         agg = "round: aggregation + server step"
         return dataclasses.replace(
             alg,

@@ -339,14 +339,14 @@ class Population:
         self.model.train()
         if engine != "loop":
             st = cohort.st
+            backup = None if st is None else st.clone()  # what the loop starts over from
             try:
                 if engine == "fused_mlp":  # a Linear/ReLU stack has no buffers
                     return (*train_fused(self, cohort), None)
-                backup = None if st is None else st.clone()
                 with seeded_rng(seed, self.device):
                     return train_batched(self, cohort)
             except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
-                if st is not None and backup is not None:  # the loop starts over
+                if backup is not None:  # the loop starts over
                     st.copy_(backup)
                 self.vmap_fallback = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 warnings.warn(
