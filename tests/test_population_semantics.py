@@ -539,3 +539,29 @@ def test_cnn_with_batchnorm_and_dropout_trains_batched_and_reproducibly():
             assert torch.equal(getattr(runs[0.4, engine, 0], key),
                                getattr(runs[0.4, engine, 1], key)), (engine, key)
     assert not torch.equal(runs[0.4, "vmap", 0].updates, runs[0.0, "vmap", 0].updates)
+
+
+def test_given_orders_train_as_the_drawn_ones():
+    """``train(orders=pop.draw_orders(...))`` equals drawing them, and one client trained
+    alone on its row of the cohort's orders equals its row of the cohort's result: how a
+    Flower node or a Ray shard reproduces the simulator."""
+    import torch
+    from torch import nn
+
+    from fedsim.population import Population
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    x, y = torch.randn(30, 5), torch.randint(0, 3, (30,))
+    idx = [torch.arange(0, 4), torch.arange(4, 15), torch.arange(15, 30)]
+    pop = Population(model, x, y)
+    w = pop.flat_params()
+    drawn = pop.train(w, idx, lr=0.1, epochs=2, batch_size=4,
+                      gen=torch.Generator().manual_seed(5))
+    orders = pop.draw_orders(idx, 2, torch.Generator().manual_seed(5))
+    given = pop.train(w, idx, lr=0.1, epochs=2, batch_size=4,
+                      gen=torch.Generator().manual_seed(99), orders=orders)
+    assert torch.equal(drawn.updates, given.updates)
+    alone = pop.train(w, idx[1:2], lr=0.1, epochs=2, batch_size=4,
+                      gen=torch.Generator().manual_seed(99), orders=orders[:, 1:2])
+    torch.testing.assert_close(alone.updates[0], drawn.updates[1], rtol=1e-6, atol=1e-7)

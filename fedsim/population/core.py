@@ -180,6 +180,7 @@ class Population:
         gen: torch.Generator,
         buffers: Tensor | None = None,
         clients: Sequence[int] | None = None,
+        orders: Tensor | None = None,
     ) -> CohortResult:
         """Run local SGD (FedAvg, or FedProx with ``mu > 0``) for a cohort of clients.
 
@@ -200,6 +201,10 @@ class Population:
             clients: the clients' ids (one per entry of ``client_indices``), needed when
                 ``local_opt`` keeps its state: each client starts from its kept state
                 (zeros the first time) and its state after training is kept.
+            orders: ``[epochs, m, >= max_n]`` the shuffles to train on (``draw_orders``'s
+                layout: row ``r`` starts with a permutation of client ``r``'s indices)
+                instead of drawing them from ``gen``; how a client trained elsewhere (a
+                Flower node, a Ray shard) sees the minibatches the simulator would draw.
 
         Returns:
             A ``CohortResult`` on the population's device.
@@ -218,7 +223,10 @@ class Population:
                                 empty.view(0, self.d_buffers) if b0 is not None else None)
         flat = self._cat_indices(indices)  # one concatenation, one transfer
         self._check_indices(flat)
-        orders = self._draw_orders(indices, counts, epochs, gen, flat=flat)  # [E, m, max_n]
+        if orders is None:
+            orders = self._draw_orders(indices, counts, epochs, gen, flat=flat)  # [E, m, max_n]
+        else:
+            orders = self._given_orders(orders, counts, epochs)
         seed = draw_seed(gen) if self.stochastic else None
         st = start_state(self.local_opt, self.opt_state, len(indices), self.d, w0, clients)
         cohort = Cohort(w0, orders, counts, lr, mu, batch_size, b0, st)
@@ -314,6 +322,23 @@ class Population:
         if flat is None:
             flat = self._cat_indices(indices) if len(indices) else counts.new_zeros(0)
         return draw_orders(flat, counts, epochs, gen, self.device)
+
+    def draw_orders(self, client_indices: Sequence[Tensor], epochs: int,
+                    gen: torch.Generator) -> Tensor:
+        """The shuffles ``train`` would draw from ``gen`` for this cohort,
+        ``[epochs, m, max_n]`` (pass them, or rows of them, as ``train(orders=...)``)."""
+        indices = [ix.reshape(-1) for ix in client_indices]
+        counts = torch.tensor([len(ix) for ix in indices], dtype=torch.long)
+        return self._draw_orders(indices, counts, epochs, gen)
+
+    def _given_orders(self, orders: Tensor, counts: Tensor, epochs: int) -> Tensor:
+        """``train``'s ``orders`` checked against the cohort and cut to its widest client."""
+        max_n = int(counts.max())
+        if orders.dim() != 3 or orders.shape[:2] != (epochs, len(counts)) or \
+                orders.shape[2] < max_n:
+            raise ValueError(f"orders must be [epochs={epochs}, m={len(counts)}, >= {max_n}], "
+                             f"got {tuple(orders.shape)}")
+        return orders[:, :, :max_n].to(self.device, torch.long)
 
     def _chunk_size(self, batch_size: int) -> int:
         """Clients per vmapped chunk (``chunking.vmap_chunk_size``)."""
