@@ -23,6 +23,7 @@ import numpy as np
 
 from fedsim.config import Scenario
 from fedsim.data.base import FederatedData
+from fedsim.distributed.trainer import LocalTrainer, RayOptions, Trainer
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.results.records import RoundRecord
 from fedsim.scenario import DECENTRALIZED_ALGORITHMS
@@ -163,9 +164,17 @@ def build_population(sc: Scenario, data: FederatedData, device: str, model=None,
                    getattr(loss, "__qualname__", "the loss"))
     else:
         loss = load_loss(sc.algorithm.loss, model_dirs(base_dir))
-    pop = Population(model, torch.from_numpy(data.x_train), torch.from_numpy(data.y_train),
-                     device=device, batched=sc.batched,
-                     local_opt=build_local_opt(sc.algorithm.local_opt), loss=loss)
+    p = sc.privacy
+    dp_sgd = (p.clip, p.noise_multiplier) if p.mode == "sample" else None
+    try:
+        pop = Population(model, torch.from_numpy(data.x_train), torch.from_numpy(data.y_train),
+                         device=device, batched=sc.batched,
+                         local_opt=build_local_opt(sc.algorithm.local_opt), loss=loss,
+                         dp_sgd=dp_sgd)
+    except ValueError as err:
+        if dp_sgd is None:
+            raise
+        raise ScenarioError("privacy.mode", f"'sample' (DP-SGD): {err}") from None
     return pop, torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)
 
 
@@ -265,7 +274,8 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                  data: FederatedData | None = None, model=None,
                  metrics: Mapping[str, Callable] | None = None,
                  callback: Callable[[dict], Any] | None = None,
-                 resume: bool = False, loss: Callable | None = None) -> RunResult:
+                 resume: bool = False, loss: Callable | None = None,
+                 ray: RayOptions | None = None) -> RunResult:
     """Run one scenario (no variants) and write its run directory.
 
     Args:
@@ -290,6 +300,8 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
             must be those it was started with.
         loss: a per-sample loss ``(logits, labels) -> [B]`` instead of
             ``sc.algorithm.loss`` (``fedsim.losses``).
+        ray: train each round's cohort on Ray actors (``fedsim.distributed``); None
+            trains it in this process.
 
     Returns:
         The run directory, the summary dict (also written as summary.json) and
@@ -297,6 +309,9 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
         as before.
     """
     if sc.algorithm.name in DECENTRALIZED_ALGORITHMS:  # no server: fedsim.decentralized
+        if ray is not None:
+            raise ScenarioError("algorithm.name", f"{sc.algorithm.name!r} is decentralized; "
+                                "--ray shards a server's cohort: run it without --ray")
         from fedsim.decentralized.runner import run_decentralized
 
         return run_decentralized(sc, run_dir, base_dir, progress, label, data, model, metrics,
@@ -308,6 +323,10 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
     run = FederatedRun(sc, Path(base_dir) if base_dir is not None else Path.cwd(), data, model,
                        metrics, loss)
     run.label = label or sc.name  # names the run in its warnings
+    if ray is not None:  # the cohorts train on Ray actors (fedsim.distributed)
+        from fedsim.distributed.ray_shards import RayTrainer
+
+        run.trainer = RayTrainer(run, ray)
     loop = RunLoop(sc, run_dir, label=run.label, progress=progress, device=run.device,
                    metric_columns=(*run.own_columns, *metrics), callback=callback,
                    resume=resume, started=started)
@@ -323,6 +342,7 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
                       state=run.state_dict)
         completed = True
     finally:
+        run.trainer.close()
         facts = run.summary(rounds_done=len(loop.records))
         if metrics:
             facts["final_metrics"] = run.final_metrics
@@ -376,8 +396,10 @@ class FederatedRun:
         if sc.privacy.mode != "none":
             from fedsim.privacy.federated import ClientPrivacy
 
+            a = sc.algorithm
             self.privacy = ClientPrivacy(sc.privacy, sc.data.num_clients,
-                                         sc.clients_per_round, sc.rounds)
+                                         sc.clients_per_round, sc.rounds, self.sizes,
+                                         a.batch_size, a.local_epochs)
         self.alg = build_algorithm(sc.algorithm, self.pop.d, stream_seed(sc.seed, "compress"),
                                    self.privacy)
         self.attack = _update_attack(sc)
@@ -389,6 +411,7 @@ class FederatedRun:
         self.buffers = self.client_buffers = self.trained = None
         self.integer_buffers = integer_buffers(self.pop)
         self.user_metrics = UserMetrics(self.pop, check_metrics(metrics))
+        self.trainer: Trainer = LocalTrainer(self.pop, self.client_idx)  # run_scenario's ray=
         self.last_metrics: dict[str, float] = {}  # this round's (empty when not evaluated)
         self.final_metrics: dict[str, float] = {}  # the last evaluated round's
         if self.pop.d_buffers:
@@ -470,10 +493,9 @@ class FederatedRun:
         start_buffers = self.buffers
         if self.client_buffers is not None:
             start_buffers = self.client_buffers[torch.tensor(done, device=device)]
-        res = self.pop.train(self.params, [torch.from_numpy(self.client_idx[i]) for i in done],
-                             lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, mu=c.mu,
-                             gen=self.gens["training"], buffers=start_buffers,
-                             clients=done)
+        res = self.trainer.train(self.params, done, lr=c.lr, epochs=c.epochs,
+                                 batch_size=c.batch_size, mu=c.mu, gen=self.gens["training"],
+                                 buffers=start_buffers)
         weights = (res.num_samples.to(self.params.dtype) if alg.weighted
                    else torch.ones(len(done), dtype=self.params.dtype, device=device))
         senders = torch.tensor(done, device=device)

@@ -40,6 +40,33 @@ def vmapped_grad(pop: Population, buffers: bool) -> Callable:
                 randomness="different" if pop.stochastic else "error")
 
 
+def per_sample_grad(pop: Population) -> Callable:
+    """Per-sample gradients and losses of a chunk, ``vmap`` over clients of ``vmap`` over
+    samples: ``(params [m, ...], xb [m, B, ...], yb [m, B]) -> (grads [m, B, ...],
+    losses [m, B])`` (DP-SGD; Abadi et al., CCS 2016)."""
+    def sample_loss(params: tuple[Tensor, ...], x: Tensor, y: Tensor) -> Tensor:
+        state = dict(zip(pop._spec.names, params, strict=True))
+        return pop.loss(functional_call(pop.model, state, (x.unsqueeze(0),)), y.unsqueeze(0))[0]
+
+    randomness = "different" if pop.stochastic else "error"
+    samples = vmap(grad_and_value(sample_loss), in_dims=(None, 0, 0), randomness=randomness)
+    return vmap(samples, randomness=randomness)
+
+
+def _dp_step_grads(pop: Population, params: list[Tensor], xb: Tensor, yb: Tensor,
+                   mask: Tensor, noise: torch.Generator) -> tuple[list[Tensor], Tensor]:
+    """DP-SGD's noised gradients ``[m, ...]`` of one step and the clients' mean losses
+    ``[m]`` over their real samples (``mask [m, B]``)."""
+    from fedsim.privacy.dpsgd import private_grad
+
+    grads, losses = pop._vgrad_samples(tuple(params), xb, yb)
+    clip, z = pop.dp_sgd
+    noised = private_grad(dict(zip(pop._spec.names, grads, strict=True)), clip, z, noise,
+                          mask=mask)
+    loss = (losses * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    return [noised[name] for name in pop._spec.names], loss
+
+
 def _client_loss(pop: Population, params: tuple[Tensor, ...], xb: Tensor, yb: Tensor,
                  mask: Tensor):
     """Masked mean loss of one client's minibatch (vmapped over clients)."""
@@ -64,6 +91,8 @@ def train_batched(pop: Population, cohort: Cohort) -> tuple[Tensor, Tensor, Tens
     Returns (updates, losses, buffers after training or None).
     """
     chunk = vmap_chunk_size(pop, cohort.batch_size)
+    if cohort.noise is not None:  # per-sample gradients: batch_size times the memory
+        chunk = max(1, chunk // cohort.batch_size)
     w0, m = cohort.w0, len(cohort.counts)
     # Each chunk trains in place in its rows of the result: no per-chunk buffers to concatenate.
     updates = w0.new_empty(m, pop.d)
@@ -126,7 +155,10 @@ def train_chunk(
             idx = orders[e, s].view(-1)
             xb = torch.index_select(pop.x, 0, idx, out=xbuf).view(m, bs, *feat)
             yb = pop.y[idx].view(m, bs)
-            grads, loss = pop._vgrad(tuple(params), xb, yb, mask[s])
+            if chunk.noise is None:
+                grads, loss = pop._vgrad(tuple(params), xb, yb, mask[s])
+            else:
+                grads, loss = _dp_step_grads(pop, params, xb, yb, mask[s], chunk.noise)
             step_mask = None if s * bs < min_n else mask[s, :, 0]
             opt_step(pop.local_opt, params, list(grads), anchors, lr, mu, step_mask, opt_views)
             loss_sum += loss

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from fedsim.population.optstate import OptState
@@ -28,6 +29,7 @@ class Cohort:
         b0: for a model with buffers, ``[b]`` buffers every client starts from or
             ``[m, b]`` one row per client; None without buffers.
         st: the local optimizer's ``[m, d]`` state, updated in place (None: plain SGD).
+        noise: DP-SGD's noise stream (``Population.dp_sgd``); None without DP-SGD.
     """
 
     w0: Tensor
@@ -38,6 +40,7 @@ class Cohort:
     batch_size: int
     b0: Tensor | None = None
     st: OptState | None = None
+    noise: torch.Generator | None = None
 
     def chunk(self, rows: slice) -> Cohort:
         """The clients ``rows``, their orders cut to the chunk's largest client (views)."""
@@ -51,4 +54,5 @@ class Cohort:
             batch_size=self.batch_size,
             b0=None if self.b0 is None else row_of(self.b0, rows),
             st=None if self.st is None else self.st.rows(rows),
+            noise=self.noise,
         )

@@ -20,7 +20,7 @@ from torch.nn.utils import parameters_to_vector
 from fedsim.fastmlp import FusedMLP, match_mlp
 from fedsim.local_opt import LocalOpt
 from fedsim.losses import cross_entropy
-from fedsim.population.batched import train_batched, vmapped_grad
+from fedsim.population.batched import per_sample_grad, train_batched, vmapped_grad
 from fedsim.population.chunking import fused_chunk_size, vmap_chunk_size
 from fedsim.population.cohort import Cohort
 from fedsim.population.evaluate import evaluate
@@ -79,6 +79,11 @@ class Population:
             (``opt_state``) between the ``train`` calls it is in (``clients=`` ids).
         loss: per-sample loss ``(logits [B, C], labels [B]) -> [B]`` (``fedsim.losses``);
             None is cross-entropy. A loss of the user's trains on the generic path.
+        dp_sgd: ``(clip C, noise multiplier z)``: every local step is DP-SGD (Abadi et al.
+            2016): per-sample gradients, each clipped to ``C``, summed, ``N(0, (zC)^2)``
+            added, divided by the step's real samples (``fedsim.privacy.dpsgd``); the noise
+            comes from one seed per ``train`` call drawn from ``gen``. Batched ``vmap``
+            path only (no fused engine, no fallback to the loop, no buffers).
 
     Attributes:
         vmap_fallback: why the batched path was abandoned for this model (None while it works).
@@ -106,6 +111,7 @@ class Population:
         fused: bool = True,
         local_opt: LocalOpt | None = None,
         loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+        dp_sgd: tuple[float, float] | None = None,
     ):
         if not torch.is_floating_point(x):
             raise ValueError(f"x must be a floating tensor, got {x.dtype}")
@@ -133,9 +139,16 @@ class Population:
         self.stochastic = draws_random(self.model, self.x, self.device)
         self._vgrad = vmapped_grad(self, buffers=False)
         self._vgrad_buffers = vmapped_grad(self, buffers=True)
+        self.dp_sgd = dp_sgd
+        if dp_sgd is not None:
+            if not batched or buffers:
+                raise ValueError("DP-SGD trains batched (vmap) models without buffers "
+                                 "(BatchNorm: use GroupNorm)")
+            self._vgrad_samples = per_sample_grad(self)
         # The fused engine for plain Linear/ReLU stacks; None keeps the generic path.
         self._fused: FusedMLP | None = (  # it computes cross-entropy's gradient itself
-            match_mlp(self.model, tuple(self.x.shape[1:])) if fused and loss is None else None)
+            match_mlp(self.model, tuple(self.x.shape[1:]))
+            if fused and loss is None and dp_sgd is None else None)
         # [N, fan_in] rows for the fused engine (a view unless x is non-contiguous)
         self._x_rows = self.x.flatten(1) if self._fused is not None else self.x
 
@@ -228,8 +241,12 @@ class Population:
         else:
             orders = self._given_orders(orders, counts, epochs)
         seed = draw_seed(gen) if self.stochastic else None
+        noise = None
+        if self.dp_sgd is not None:  # DP-SGD's noise: its own stream, seeded from gen
+            noise = torch.Generator(device=self.device)
+            noise.manual_seed(draw_seed(gen))
         st = start_state(self.local_opt, self.opt_state, len(indices), self.d, w0, clients)
-        cohort = Cohort(w0, orders, counts, lr, mu, batch_size, b0, st)
+        cohort = Cohort(w0, orders, counts, lr, mu, batch_size, b0, st, noise)
         with one_thread_for_one_client(len(indices), self.device):
             updates, losses, bufs = self._dispatch(cohort, seed)
         keep_state(self.local_opt, self.opt_state, st, clients)
@@ -371,6 +388,8 @@ class Population:
                 with seeded_rng(seed, self.device):
                     return train_batched(self, cohort)
             except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+                if self.dp_sgd is not None:  # the loop has no DP-SGD: never fall back to it
+                    raise
                 if backup is not None:  # the loop starts over
                     st.copy_(backup)
                 self.vmap_fallback = f"{type(exc).__name__}: {exc}".splitlines()[0]

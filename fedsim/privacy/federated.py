@@ -24,6 +24,12 @@ Accounting (opacus' RDP or PRV accountant; fedsim writes none of its own):
   each release is a Gaussian mechanism with multiplier ``z / 2``, not subsampled (the
   server sees who sent it); the reported ``epsilon`` is that of the client that took part
   most often so far.
+- sample (DP-SGD inside local training, Abadi et al. 2016): each local step clips every
+  sample's gradient to ``C`` and adds ``N(0, (zC)^2)`` to their sum; a client with ``n``
+  samples and batch ``B`` runs steps of sample rate ``q = min(1, B / n)``, ``epochs *
+  ceil(n / B)`` of them per round it takes part in; the reported ``epsilon`` is the largest
+  over the clients (sample-level DP of each client's data; shuffled batches accounted as
+  Poisson sampling at ``q``, the usual approximation).
 
 References:
     McMahan, Ramage, Talwar, Zhang, "Learning Differentially Private Recurrent Language
@@ -41,7 +47,7 @@ from fedsim.privacy.accounting import epsilon, noise_for_target
 from fedsim.privacy.dp import central_noise, clip_rows, local_noise
 from fedsim.stages.base import ServerStage, Stage, chain, server_chain
 
-MODES = ("none", "central", "local")
+MODES = ("none", "central", "local", "sample")
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -56,7 +62,8 @@ class ClientPrivacy:
         rounds: ``T``, for ``target_epsilon``.
     """
 
-    def __init__(self, cfg: PrivacyConfig, num_clients: int, cohort: int, rounds: int):
+    def __init__(self, cfg: PrivacyConfig, num_clients: int, cohort: int, rounds: int,
+                 sizes: np.ndarray | None = None, batch_size: int = 1, epochs: int = 1):
         if cfg.mode not in MODES[1:]:
             raise ScenarioError("privacy.mode", f"must be one of {', '.join(MODES[1:])} here, "
                                                 f"got {cfg.mode!r}")
@@ -67,16 +74,28 @@ class ClientPrivacy:
                                  noise_for_target(cfg.target_epsilon, self._q(), rounds,
                                                   cfg.delta, cfg.accountant))
         self.participation = np.zeros(num_clients, dtype=np.int64)
+        if cfg.mode == "sample":  # each client's DP-SGD: sample rate and steps per round
+            n = np.maximum(np.asarray(sizes if sizes is not None else np.ones(num_clients),
+                                      dtype=np.int64), 1)
+            self.client_q = np.minimum(1.0, batch_size / n)
+            self.client_steps = epochs * -(-n // batch_size)
 
     def _q(self) -> float:
-        return self.sample_rate if self.cfg.mode == "central" else 1.0
+        return self.sample_rate if self.cfg.mode == "central" else 1.0  # sample: per client
 
     def _z(self) -> float:
         return self.noise_multiplier if self.cfg.mode == "central" else self.noise_multiplier / 2
 
+    @property
+    def dp_sgd(self) -> tuple[float, float] | None:
+        """``(C, z)`` for the population's DP-SGD (mode "sample"), else None."""
+        return (self.cfg.clip, self.noise_multiplier) if self.cfg.mode == "sample" else None
+
     def uplink(self, compress: Stage) -> Stage:
         """Clip (and, local, noise) around the compression stage, as the module says."""
         c, z = self.cfg.clip, self.noise_multiplier
+        if self.cfg.mode == "sample":  # the noise is inside local training
+            return compress
         if self.cfg.mode == "local":
             return chain(clip_rows(c), local_noise(z, c), compress)
         clip = clip_rows(c)  # keeps the width: the wire is the compressor's
@@ -92,11 +111,25 @@ class ClientPrivacy:
     def epsilon(self, rounds_done: int, extra: int = 0) -> float:
         """``epsilon(delta)`` after ``rounds_done`` rounds (0 before the first); ``extra``
         more releases of the most exposed client (to look one round ahead)."""
+        if self.cfg.mode == "sample":
+            return self._sample_epsilon(extra)
         steps = rounds_done if self.cfg.mode == "central" else int(self.participation.max())
         steps += extra
         if steps == 0:
             return 0.0
         return epsilon(self.cfg.accountant, self._z(), self._q(), steps, self.cfg.delta)
+
+    def _sample_epsilon(self, extra: int) -> float:
+        """The largest DP-SGD epsilon over the clients (``extra`` more rounds each)."""
+        rounds = self.participation + extra
+        worst = 0.0
+        pairs = {(float(q), int(s)) for q, s in
+                 zip(self.client_q[rounds > 0], (rounds * self.client_steps)[rounds > 0],
+                     strict=True)}
+        for q, steps in pairs:
+            worst = max(worst, epsilon(self.cfg.accountant, self.noise_multiplier, q, steps,
+                                       self.cfg.delta))
+        return worst
 
     def record(self, senders: np.ndarray) -> None:
         """The clients whose rows were released this round."""
@@ -113,5 +146,7 @@ class ClientPrivacy:
         """The privacy facts of the run for summary.json."""
         return {"mode": self.cfg.mode, "clip": self.cfg.clip,
                 "noise_multiplier": self.noise_multiplier, "delta": self.cfg.delta,
-                "accountant": self.cfg.accountant, "sample_rate": self._q(),
+                "accountant": self.cfg.accountant,
+                "sample_rate": (float(self.client_q.max()) if self.cfg.mode == "sample"
+                                else self._q()),
                 "epsilon": self.epsilon(rounds_done)}

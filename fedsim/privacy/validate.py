@@ -56,6 +56,13 @@ def validate_privacy(sc: Scenario, decentralized: bool) -> None:
         if not math.isfinite(value) or value < 0:
             raise ScenarioError(f"privacy.{key}", f"must be a finite number >= 0 (0: none), "
                                                   f"got {value!r}")
+    if p.mode == "sample" and p.target_epsilon > 0:
+        raise ScenarioError("privacy.target_epsilon", "not available with mode 'sample' (each "
+                                                      "client's epsilon depends on its size); "
+                                                      "set noise_multiplier")
+    if p.mode == "sample" and not sc.batched:
+        raise ScenarioError("batched", "must be true with privacy.mode = 'sample' (DP-SGD "
+                                       "trains the cohort with vmap)")
     if p.mode == "central" and aggregator != "mean":
         raise ScenarioError("algorithm.aggregator.name", "must be 'mean' with privacy.mode = "
                                                          f"'central' ({LINEAR_NEEDED}: the noise "
