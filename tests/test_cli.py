@@ -84,7 +84,7 @@ def test_list_and_topology(tmp_path):
     assert "server_opts: sgd, fedavgm, fedadagrad, fedadam, fedyogi" in out.stdout
     assert "local_opts: sgd, adam" in out.stdout
     assert "compressions: none, sketch, fetchsgd, topk" in out.stdout
-    assert "privacy_modes: none, central, local" in out.stdout
+    assert "privacy_modes: none, central, local, sample" in out.stdout
     assert "aggregators: mean, coordinate_median, trimmed_mean, krum, centered_clipping, gm, " \
            "bgmd" in out.stdout
     png = tmp_path / "ring.png"
