@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_seed_list, metavar="K,K,...",
                      help="run each variant once per seed, into <variant>/seed<k>/; the "
                           "comparison shows mean ± std over the seeds (e.g. --seeds 0,1,2)")
+    run.add_argument("--ray", nargs="?", const="", type=_ray_address, metavar="ADDRESS",
+                     help="train each round's cohort on Ray actors: on the cluster at ADDRESS "
+                          "(HOST:PORT, ray://HOST:PORT, auto), or without ADDRESS on a Ray "
+                          "started here on 127.0.0.1 (see docs/scale-out.md)")
+    run.add_argument("--ray-actors", type=_int, metavar="K",
+                     help="shard actors for --ray (default: one per GPU, or per CPU)")
     _add_format(run)
     quiet = run.add_mutually_exclusive_group()
     quiet.add_argument("--quiet", action="store_true", help="no progress line")
@@ -228,6 +234,18 @@ def _seed_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(err.message) from None
 
 
+def _ray_address(text: str) -> str:
+    """``--ray ADDRESS``: ``HOST:PORT``, ``ray://HOST:PORT`` or ``auto`` (a scenario file
+    there means ``--ray`` came before the scenario)."""
+    import re
+
+    if text in ("auto", "local") or re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"must be a Ray address (HOST:PORT, ray://HOST:PORT, auto), got {text!r}; for a Ray "
+        "started here give --ray without ADDRESS after the scenario")
+
+
 def _int(text: str) -> int:
     """An integer from the command line (argparse names the flag in the error)."""
     try:
@@ -272,10 +290,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fedsim.study import run_file
 
     progress = False if args.quiet else (True if args.progress else None)
+    ray = None
+    if args.ray is not None:
+        from fedsim.distributed import RayOptions
+
+        ray = RayOptions(address=None if args.ray in ("", "local") else args.ray,
+                         actors=args.ray_actors)
+    elif args.ray_actors is not None:
+        raise UsageError("--ray-actors needs --ray (see fedsim run --help)")
     with _sigterm_as_interrupt():
         run_file(args.scenario, args.overrides, output_dir=args.out, only=args.variant,
                  progress=progress, overwrite=args.overwrite, log=sys.stderr,
-                 seeds=args.seeds, fmt=args.format, resume=args.resume)
+                 seeds=args.seeds, fmt=args.format, resume=args.resume, ray=ray)
     return 0
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedsim.config import Scenario
+from fedsim.distributed.trainer import RayOptions
 from fedsim.errors import ScenarioError
 from fedsim.results.output import prepare_study, system_error, write_text
 from fedsim.runners import RunResult, run_scenario
@@ -18,7 +20,8 @@ from fedsim.sweep import check_seeds
 def run_file(path: str | Path, overrides=(), output_dir: str | None = None,
              only: list[str] | None = None, progress: bool | None = None,
              log=sys.stderr, overwrite: bool = False, seeds: Sequence[int] | None = None,
-             fmt: str = "png", resume: str | Path | None = None) -> list[RunResult]:
+             fmt: str = "png", resume: str | Path | None = None,
+             ray: RayOptions | None = None) -> list[RunResult]:
     """Run every variant of the scenario in ``path`` (once per seed) and compare them.
 
     Without ``seeds`` each variant runs with the scenario's ``seed`` into
@@ -42,6 +45,8 @@ def run_file(path: str | Path, overrides=(), output_dir: str | None = None,
         resume: a run folder to continue from its ``checkpoint.pt`` instead of starting
             afresh; the scenario (one variant: pick it with ``only``) must be the one it
             was started with.
+        ray: train the cohorts on Ray actors (``fedsim.distributed``), one Ray session
+            for all the runs; None trains in this process.
 
     Returns:
         One ``RunResult`` per run, in the file's order (variant by variant, each
@@ -64,12 +69,14 @@ def run_file(path: str | Path, overrides=(), output_dir: str | None = None,
     variants = _selected(expand_variants(sc), only)
     study_dir = Path(sc.output_dir) / sc.name
     runs = _plan(variants, study_dir, sc.name, seeds)
-    if resume is not None:
-        return [_resume(runs, Path(resume), path.parent, progress, log, fmt)]
-    prepare_study(study_dir, [run.run_dir for run in runs], overwrite,
-                  compare=bool(sc.variants) or seeds is not None)
-    results = [_run_one(run.scenario, run.run_dir, path.parent, progress, run.label, log, fmt)
-               for run in runs]
+    if resume is None:
+        prepare_study(study_dir, [run.run_dir for run in runs], overwrite,
+                      compare=bool(sc.variants) or seeds is not None)
+    with _ray_session(ray):  # one Ray for every run (none without ray)
+        if resume is not None:
+            return [_resume(runs, Path(resume), path.parent, progress, log, fmt, ray)]
+        results = [_run_one(run.scenario, run.run_dir, path.parent, progress, run.label, log,
+                            fmt, ray=ray) for run in runs]
     if len(results) > 1:
         groups: dict[str, list[Path]] = {}
         for run, result in zip(runs, results, strict=True):
@@ -114,7 +121,7 @@ def _selected(runs: list, only: list[str] | None) -> list:
 
 
 def _resume(runs: list[_Run], run_dir: Path, base_dir: Path, progress, log,
-            fmt: str) -> RunResult:
+            fmt: str, ray: RayOptions | None = None) -> RunResult:
     """Continue the one planned run in ``run_dir`` from its checkpoint."""
     from fedsim.results.output import check_resumable
 
@@ -126,22 +133,34 @@ def _resume(runs: list[_Run], run_dir: Path, base_dir: Path, progress, log,
                                         f"the scenario has {what}")
     check_resumable(run_dir)
     return _run_one(runs[0].scenario, run_dir, base_dir, progress, runs[0].label, log, fmt,
-                    resume=True)
+                    resume=True, ray=ray)
 
 
 def _run_one(variant, run_dir: Path, base_dir: Path, progress, label: str, log,
-             fmt: str, resume: bool = False) -> RunResult:
+             fmt: str, resume: bool = False, ray: RayOptions | None = None) -> RunResult:
     """One run (or the rest of one, ``resume``) and its plots; prints its one-line result."""
     from fedsim.results.plots import plot_run
 
     try:
         result = run_scenario(variant, run_dir, base_dir=base_dir, progress=progress,
-                              label=label, resume=resume)
+                              label=label, resume=resume, ray=ray)
     except OSError as err:  # e.g. a full disk under a file the runner writes itself
         raise system_error(run_dir, err) from None
     plot_run(run_dir, fmt)
     print(_one_line(label, result), file=log)
     return result
+
+
+@contextlib.contextmanager
+def _ray_session(ray: RayOptions | None) -> Iterator[None]:
+    """One Ray session (``fedsim.distributed.session``) for every run of the study."""
+    if ray is None:
+        yield
+        return
+    from fedsim.distributed.session import ray_session
+
+    with ray_session(ray.address, num_cpus=ray.local_cpus()):
+        yield
 
 
 def _compare(groups: list[list[Path]], names: list[str], study_dir: Path, title: str,
