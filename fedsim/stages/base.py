@@ -68,6 +68,19 @@ def identity() -> Stage:
     )
 
 
+def _in_turn(stages: tuple) -> Callable[[Tensor, tuple, Ctx], tuple[Tensor, tuple]]:
+    """``update`` of a chain: each stage's ``update`` left to right, with its own state."""
+
+    def update(u: Tensor, state: tuple, ctx: Ctx) -> tuple[Tensor, tuple]:
+        new_state = []
+        for stage, st in zip(stages, state, strict=True):
+            u, st = stage.update(u, st, ctx)
+            new_state.append(st)
+        return u, tuple(new_state)
+
+    return update
+
+
 def chain(*stages: Stage) -> Stage:
     """Stages applied left to right; wire size is the last stage's for the chained width.
 
@@ -80,14 +93,7 @@ def chain(*stages: Stage) -> Stage:
     def init(num_clients: int, d: int) -> tuple:
         return tuple(s.init(num_clients, d) for s in stages)
 
-    def update(updates: Tensor, state: tuple, ctx: Ctx) -> tuple[Tensor, tuple]:
-        new_state = []
-        for stage, st in zip(stages, state, strict=True):
-            updates, st = stage.update(updates, st, ctx)
-            new_state.append(st)
-        return updates, tuple(new_state)
-
-    return Stage(init=init, update=update, nbytes=stages[-1].nbytes)
+    return Stage(init=init, update=_in_turn(stages), nbytes=stages[-1].nbytes)
 
 
 def server_chain(*stages: ServerStage) -> ServerStage | None:
@@ -99,11 +105,4 @@ def server_chain(*stages: ServerStage) -> ServerStage | None:
     def init(d: int) -> tuple:
         return tuple(s.init(d) for s in stages)
 
-    def update(u: Tensor, state: tuple, ctx: Ctx) -> tuple[Tensor, tuple]:
-        new_state = []
-        for stage, st in zip(stages, state, strict=True):
-            u, st = stage.update(u, st, ctx)
-            new_state.append(st)
-        return u, tuple(new_state)
-
-    return ServerStage(init=init, update=update, nbytes=stages[-1].nbytes)
+    return ServerStage(init=init, update=_in_turn(stages), nbytes=stages[-1].nbytes)
