@@ -258,3 +258,33 @@ def test_topk_error_feedback_invariant(n: int, d: int, rounds: int, data) -> Non
         total_in[senders] += u
         total_out[senders] += sent
     assert torch.allclose(total_out + state, total_in, atol=1e-12)
+
+
+def test_round_operator_is_built_once_and_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The uplink builds round t's operator, the server reuses it and drops it."""
+    import fedsim.privacy.compress as comp
+
+    built: list[int] = []
+    real = comp.make_sketch
+
+    def counting(kind, d, b, seed, rows=5):
+        built.append(seed)
+        return real(kind, d, b, seed, rows=rows)
+
+    monkeypatch.setattr(comp, "make_sketch", counting)
+    monkeypatch.setattr(comp, "_round_cache", type(comp._round_cache)())
+    d, b, m = 120, 12, 4
+    up, down = sketch_uplink("srht", b, 5), desketch_server("srht", b, 5)
+    s_up, s_down = up.init(m, d), down.init(d)
+    u = torch.randn(m, d, dtype=F64)
+    for step in (0, 1):
+        y, s_up = up.update(u, s_up, _ctx(m, step))
+        y2, s_up = up.update(u, s_up, _ctx(m, step))  # a second batch of the same round
+        assert torch.equal(y, y2)
+        out, s_down = down.update(y.mean(dim=0), s_down, _ctx(m, step))
+        op = make_sketch("srht", d, b, round_seed(5, step))
+        assert torch.allclose(out, op.desketch(op.sketch(u.mean(dim=0))), atol=1e-10)
+    assert len(built) == 2  # once per round
+    assert len(comp._round_cache) == 0  # released by the server stage
+    out_again, _ = down.update(y.mean(dim=0), s_down, _ctx(m, 1))  # rebuilt: same result
+    assert torch.equal(out_again, out)

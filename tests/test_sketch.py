@@ -277,3 +277,63 @@ def test_bad_countsketch_rows() -> None:
 def test_nbytes_is_width_floats(kind: str) -> None:
     op = make_sketch(kind, 1000, 100, 0, rows=4)
     assert op.nbytes == 4 * op.width == 400
+
+
+# -- fast paths equal the plain definitions ----------------------------------------------------
+
+
+def test_gaussian_tile_path_equals_the_kept_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large R (regenerated tile by tile into one buffer) gives what the kept R gives."""
+    import fedsim.privacy.sketch as sk
+
+    d, b = 300, 40
+    x, y = torch.randn(5, d, dtype=F64), torch.randn(3, b, dtype=F64)
+    kept = GaussianSketch(d, b, seed=8, tile_rows=16, tile_cols=64)
+    assert kept.keeps_matrix
+    r = kept.dense()  # [b, d] float32, from the tiles
+    assert torch.equal(r[16:32, 64:128], kept.tile(1, 1))
+    monkeypatch.setattr(sk, "DENSE_BYTES", 0)
+    tiled = GaussianSketch(d, b, seed=8, tile_rows=16, tile_cols=64)
+    assert not tiled.keeps_matrix
+    assert torch.allclose(tiled.sketch(x), kept.sketch(x), atol=1e-12)
+    assert torch.allclose(tiled.desketch(y), kept.desketch(y), atol=1e-12)
+    assert torch.allclose(tiled.sketch(x), x @ r.to(F64).T, atol=1e-12)
+    assert tiled._dense is None  # nothing kept
+
+
+@pytest.mark.parametrize("d,b", [(1000, 10), (1000, 200), (1024, 1024), (777, 3)])
+def test_srht_fast_path_equals_the_definition(d: int, b: int) -> None:
+    """``sqrt(d'/b) P H D`` built from a dense Hadamard equals the blocked + gathered one."""
+    op = SRHTSketch(d, b, seed=4)
+    assert op.gather_bits == 0 or (1 << op.gather_bits) * b <= op.padded // 4
+    n = op.padded
+    h = _hadamard(n)  # orthonormal
+    full = (h * op.signs.to(F64))[:, :d]  # H D, truncated to the first d columns
+    expected = full[op.rows] * op.scale  # [b, d]
+    assert torch.allclose(op.matrix(), expected, atol=1e-10)
+    y = torch.randn(2, b, dtype=F64)
+    assert torch.allclose(op.desketch(y), y @ expected, atol=1e-10)
+
+
+def test_fwht_float32_matches_float64() -> None:
+    x = torch.randn(9, 1 << 13, dtype=F64)
+    assert torch.allclose(fwht(x.float()).double(), fwht(x), atol=1e-4)
+
+
+def test_countsketch_column_blocks_and_csr_desketch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocked CSR sketch == the definition; de-sketch by gather == de-sketch by CSR."""
+    import fedsim.privacy.sketch as sk
+
+    d, b = 500, 60
+    monkeypatch.setattr(sk, "COUNT_BLOCK_COLS", 96)  # 6 blocks, the last one ragged
+    op = CountSketch(d, b, seed=3, rows=3)
+    dense = torch.zeros(op.width, d, dtype=F64)
+    for j in range(op.r):
+        dense[op.flat[j], torch.arange(d)] = op.signs[j].to(F64) / math.sqrt(op.r)
+    x = torch.randn(4, d, dtype=F64)
+    assert torch.allclose(op.sketch(x), x @ dense.T, atol=1e-12)
+    y = torch.randn(sk.GATHER_DESKETCH_ROWS + 3, op.width, dtype=F64)
+    many = op.desketch(y)  # the CSR product
+    few = torch.cat([op.desketch(y[i : i + 1]) for i in range(len(y))])  # the gather
+    assert torch.allclose(many, y @ dense, atol=1e-12)
+    assert torch.allclose(few, many, atol=1e-12)

@@ -31,6 +31,8 @@ References:
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
@@ -80,8 +82,35 @@ class SketchState(NamedTuple):
     d: int
 
 
-def _round_operator(kind: str, d: int, b: int, seed: int, step: int, rows: int) -> Sketch:
-    return make_sketch(kind, d, b, round_seed(seed, step), rows=rows)
+ROUND_CACHE_SIZE = 2  # round operators kept per process (the uplink's, until the server's)
+_round_cache: OrderedDict[tuple[str, int, int, int, int, int], Sketch] = OrderedDict()
+_round_lock = threading.Lock()
+
+
+def _round_operator(kind: str, d: int, b: int, seed: int, step: int, rows: int,
+                    release: bool = False) -> Sketch:
+    """Round ``step``'s operator, built once and shared by the uplink and server stages.
+
+    A small per-process cache keyed by ``(kind, d, b, seed, step, rows)`` (at most
+    ``ROUND_CACHE_SIZE`` operators, least recently used dropped): the uplink stage builds the
+    round's operator for its ``m`` rows (or finds it, when a round's clients come in several
+    batches) and the server stage reuses it for the mean, then drops it (``release``), so that
+    nothing outlives the round. Memory per operator: the Gaussian's ``R`` only when
+    ``4 b d <= fedsim.privacy.sketch.DENSE_BYTES`` (else it is regenerated tile by tile); the
+    SRHT's signs and rows; the count sketch's ``r d`` indices and CSR. The operator is a pure
+    function of the key, so a cached one and a rebuilt one give the same results.
+    """
+    key = (kind, int(d), int(b), int(seed), int(step), int(rows) if kind == "countsketch" else 0)
+    with _round_lock:
+        op = _round_cache.pop(key, None)
+    if op is None:
+        op = make_sketch(kind, d, b, round_seed(seed, step), rows=rows)
+    if not release:
+        with _round_lock:
+            _round_cache[key] = op
+            while len(_round_cache) > ROUND_CACHE_SIZE:
+                _round_cache.popitem(last=False)
+    return op
 
 
 def sketch_uplink(kind: str, b: int, seed: int, rows: int = DEFAULT_ROWS) -> Stage:
@@ -158,7 +187,7 @@ def desketch_server(kind: str, b: int, seed: int, rows: int = DEFAULT_ROWS) -> S
         return SketchState(d)
 
     def update(agg: Tensor, state: SketchState, ctx: Ctx) -> tuple[Tensor, SketchState]:
-        op = _round_operator(kind, state.d, b, seed, ctx.step, rows)
+        op = _round_operator(kind, state.d, b, seed, ctx.step, rows, release=True)
         return op.desketch(agg), state  # [d]
 
     return ServerStage(init=init, update=update, nbytes=lambda d: FLOAT_BYTES * width)
