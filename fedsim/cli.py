@@ -239,7 +239,7 @@ def _ray_address(text: str) -> str:
     there means ``--ray`` came before the scenario)."""
     import re
 
-    if text in ("auto", "local") or re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+", text):
+    if text in ("", "auto", "local") or re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+", text):
         return text
     raise argparse.ArgumentTypeError(
         f"must be a Ray address (HOST:PORT, ray://HOST:PORT, auto), got {text!r}; for a Ray "

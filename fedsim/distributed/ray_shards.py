@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedsim.distributed.session import ray_session
+from fedsim.distributed.session import IDLE_ACTORS, ray_session
 from fedsim.distributed.trainer import RayOptions
 from fedsim.errors import FedsimError, ScenarioError
 
@@ -49,7 +49,10 @@ if TYPE_CHECKING:
 class Shard:
     """A Ray actor's share of the clients: their samples, and a ``Population`` over them.
 
-    Args:
+    A started actor is kept for the next run of the same Ray session (``unload``, then
+    ``load`` again), so a study's variants and seeds start their actors once.
+
+    ``load``'s arguments:
         clients: the client ids it owns.
         client_idx: each owned client's sample indices into the full training set.
         x: ``[u, ...]`` the samples of the sorted unique indices ``uniq`` (numpy).
@@ -62,9 +65,13 @@ class Shard:
         threads: torch threads on CPU.
     """
 
-    def __init__(self, clients: Sequence[int], client_idx: Sequence[np.ndarray],
-                 x: np.ndarray, y: np.ndarray, uniq: np.ndarray, model: Any,
-                 population: dict[str, Any], device: str, threads: int):
+    def __init__(self) -> None:
+        self.pop: Any = None
+
+    def load(self, clients: Sequence[int], client_idx: Sequence[np.ndarray],
+             x: np.ndarray, y: np.ndarray, uniq: np.ndarray, model: Any,
+             population: dict[str, Any], device: str, threads: int) -> int:
+        """Hold these clients' data and a population over them; returns the process id."""
         import torch
 
         from fedsim.population import Population
@@ -77,10 +84,11 @@ class Shard:
         self.pop = Population(model, torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y)),
                               device=device, **population)
         self.gen = torch.Generator()  # unused: the driver sends the shuffles
-
-    def ready(self) -> int:
-        """This actor's process id, once it is built."""
         return os.getpid()
+
+    def unload(self) -> None:
+        """Drop the run's data and population (the actor waits for the next run)."""
+        self.pop = self.uniq = self.local_idx = None
 
     def train(self, params: np.ndarray, clients: Sequence[int], orders: np.ndarray,
               lr: float, epochs: int, batch_size: int, mu: float,
@@ -151,6 +159,7 @@ class RayTrainer:
         self._client_idx = run.client_idx
         self.actors = 0
         self._handles: list = []
+        self._pool_key: tuple | None = None
         self._session = None
         self._closed = False
         self.traffic = {"setup": 0, "to_actors": 0, "from_actors": 0, "rounds": 0}
@@ -165,7 +174,7 @@ class RayTrainer:
         gpu = run.sc.device != "cpu"
         threads = options.threads()
         self._session = ray_session(options.address, num_cpus=options.local_cpus())
-        self._session.__enter__()
+        self._session_info = self._session.__enter__()
         try:
             self._start(run, gpu, threads)
         except BaseException:
@@ -194,19 +203,20 @@ class RayTrainer:
                       "loss": None if fused else pop.loss,
                       "max_batched_clients": pop.max_batched_clients}
         self.owner = np.arange(n) % k
-        actor_cls = ray.remote(**per)(Shard)
+        self._pool_key, self._handles = _acquire(per, k)
         x, y = pop.x.detach().cpu().numpy(), pop.y.detach().cpu().numpy()
         model_ref = ray.put(copy.deepcopy(pop.model).cpu())
+        loads = []
         for a in range(k):
             clients = np.flatnonzero(self.owner == a).tolist()
             idx = [np.asarray(run.client_idx[c], dtype=np.int64).reshape(-1) for c in clients]
             uniq = np.unique(np.concatenate(idx)) if idx else np.zeros(0, dtype=np.int64)
             xs, ys = x[uniq], y[uniq]
             self.traffic["setup"] += xs.nbytes + ys.nbytes + uniq.nbytes + _nbytes(idx)
-            self._handles.append(actor_cls.remote(clients, idx, xs, ys, uniq, model_ref,
-                                                  population, device, threads))
+            loads.append(self._handles[a].load.remote(clients, idx, xs, ys, uniq, model_ref,
+                                                      population, device, threads))
         self.actors = k
-        self._get([h.ready.remote() for h in self._handles], "start")
+        self._get(loads, "start")
 
     def _get(self, refs: list, what: str) -> list:
         """``ray.get`` bounded by the timeout; Ray's failures as one-line FedsimErrors."""
@@ -313,15 +323,43 @@ class RayTrainer:
             return
         self._closed = True
         try:
-            import ray
-
-            for h in self._handles:
-                try:
-                    ray.kill(h)
-                except Exception:  # noqa: BLE001 - best effort: Ray stops them anyway
-                    pass
+            shared = self._session is not None and not self._session_info.started
+            _release(self._handles, self._pool_key if shared else None)
             self._handles = []
         finally:
             if self._session is not None:
                 self._session.__exit__(None, None, None)
                 self._session = None
+
+
+def _acquire(per: dict[str, int], k: int) -> tuple[tuple, list]:
+    """``k`` shard actors with resources ``per`` (idle ones of this Ray job first), and
+    their pool key."""
+    import ray
+
+    job = ray.get_runtime_context().get_job_id()
+    key = (job, tuple(sorted(per.items())))
+    for other in [o for o in IDLE_ACTORS if o != key]:  # an earlier session's, or another kind
+        _release(IDLE_ACTORS.pop(other), None)  # (which would hold resources this one needs)
+    idle = IDLE_ACTORS.setdefault(key, [])
+    taken = [idle.pop() for _ in range(min(k, len(idle)))]
+    actor_cls = ray.remote(**per)(Shard)
+    return key, taken + [actor_cls.remote() for _ in range(k - len(taken))]
+
+
+def _release(handles: list, key: tuple | None) -> None:
+    """Unload the actors into the pool under ``key``, or (None, or a failure) stop them."""
+    import ray
+
+    if key is not None and handles:
+        try:
+            ray.get([h.unload.remote() for h in handles], timeout=60)
+            IDLE_ACTORS.setdefault(key, []).extend(handles)
+            return
+        except Exception:  # noqa: BLE001 - a dead or stuck actor: stop them all
+            pass
+    for h in handles:
+        try:
+            ray.kill(h)
+        except Exception:  # noqa: BLE001 - best effort: Ray stops them with the job
+            pass

@@ -28,6 +28,9 @@ LOCAL_ENV = {
     "RAY_DEDUP_LOGS": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
+# idle shard actors (``ray_shards``) by (Ray job id, resource request): a run leaves its
+# actors here for the next run of the same session (a study's variants and seeds)
+IDLE_ACTORS: dict[tuple, list] = {}
 _MAX_TEMP_ROOT = 28  # Ray's unix sockets lie ~78 characters below its temp dir (107 max)
 
 
@@ -95,7 +98,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         try:
             yield RaySession(started=False)
         finally:
-            ray.shutdown()  # disconnects; the cluster keeps running
+            IDLE_ACTORS.clear()
+            ray.shutdown()  # disconnects (the job's actors end); the cluster keeps running
         return
     yield from _local(ray, num_cpus, num_gpus)
 
@@ -104,6 +108,11 @@ def _local(ray, num_cpus: int | None, num_gpus: int | None) -> Iterator[RaySessi
     """Start a local Ray, yield its session, stop it and everything it started."""
     saved = {key: os.environ.get(key) for key in (*LOCAL_ENV, "RAY_ADDRESS")}
     os.environ.update(LOCAL_ENV)
+    # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when imported: set its flag as well
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    saved_flag = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if saved_flag is not None:
+        constants.ENABLE_RAY_CLUSTER = False
     os.environ.pop("RAY_ADDRESS", None)  # "local" must not join a cluster named there
     session = RaySession(started=True,
                          temp_dir=tempfile.mkdtemp(prefix="fsray", dir=_temp_root()))
@@ -126,9 +135,12 @@ def _local(ray, num_cpus: int | None, num_gpus: int | None) -> Iterator[RaySessi
         yield session
     finally:
         session.record_processes()  # the actors' workers too
+        IDLE_ACTORS.clear()
         if ray.is_initialized():
             ray.shutdown()
         stop_processes(session.processes)
+        if saved_flag is not None:
+            constants.ENABLE_RAY_CLUSTER = saved_flag
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
