@@ -1,5 +1,5 @@
 """The ``fedsim`` command: run | sweep | validate | list | topology | plot | compare | attack |
-bench.
+deploy | bench.
 
 Heavy modules are imported inside the commands, so ``fedsim --help`` answers fast.
 Errors a user can cause print one line ``fedsim: error: ...`` and exit 2.
@@ -191,6 +191,36 @@ def _parser() -> argparse.ArgumentParser:
                       help="replace an earlier study in the folder (default: refuse)")
     leak.add_argument("--quiet", action="store_true", help="no progress lines")
     leak.set_defaults(func=_cmd_attack_leakage)
+
+    dep = sub.add_parser("deploy", help="write a scenario as a Flower app; --local N runs it "
+                         "on a SuperLink and N SuperNodes here (see docs/deploy.md)")
+    dep.add_argument("scenario", help="a scenario TOML file, or a shipped scenario's name")
+    _add_set(dep)
+    dep.add_argument("--variant", metavar="NAME", help="the variant to deploy (required when "
+                     "the file has several)")
+    dep.add_argument("--out", metavar="DIR", help="output folder (replaces output_dir); the run "
+                     "goes to <out>/<name>/flower (or <variant>_flower)")
+    dep.add_argument("--app", metavar="DIR", help="where the Flower app is written (default "
+                     "<out>/<name>/flower_app)")
+    dep.add_argument("--local", type=_int, metavar="N", help="start a SuperLink and N SuperNodes "
+                     "on 127.0.0.1 (partitions dealt round-robin), run the app with flwr run, "
+                     "write the run directory, stop every process")
+    dep.add_argument("--tls", action="store_true", help="serve the SuperLink over TLS with "
+                     "certificates made for the run (SAN 127.0.0.1), or --tls-ca/-cert/-key")
+    dep.add_argument("--tls-ca", metavar="PEM", help="CA certificate the nodes trust")
+    dep.add_argument("--tls-cert", metavar="PEM", help="the SuperLink's certificate")
+    dep.add_argument("--tls-key", metavar="PEM", help="the SuperLink's private key")
+    dep.add_argument("--auth", action="store_true", help="SuperNode authentication: only "
+                     "SuperNodes whose key is registered may connect")
+    dep.add_argument("--round-timeout", type=float, default=60.0, metavar="S",
+                     help="seconds the server waits for a round's replies (default 60)")
+    dep.add_argument("--run-timeout", type=float, default=1800.0, metavar="S",
+                     help="seconds before a --local run is stopped (default 1800)")
+    dep.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run in the run folder (default: refuse)")
+    dep.add_argument("--verbose", action="store_true", help="show Flower's own log lines too")
+    _add_format(dep)
+    dep.set_defaults(func=_cmd_deploy)
 
     bench = sub.add_parser("bench", help="side-by-side performance runs (see docs/performance.md)")
     bench_sub = bench.add_subparsers(metavar="BENCH")
@@ -431,6 +461,23 @@ def _cmd_attack_leakage(args: argparse.Namespace) -> int:
     print(study.table)
     print(f"\n{len(study.rows)} attacks in {study.seconds:.0f} s; wrote {study.out_dir}/"
           f"leakage.csv, leakage_grid.png, leakage.md")
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from fedsim.flower.deploy import deploy
+
+    tls_files = (args.tls_ca, args.tls_cert, args.tls_key)
+    if any(tls_files) and not all(tls_files):
+        raise UsageError("--tls-ca, --tls-cert and --tls-key go together")
+    if args.local is None and (args.tls or any(tls_files) or args.auth):
+        raise UsageError("--tls and --auth set up the local federation: add --local N")
+    with _sigterm_as_interrupt():
+        deploy(args.scenario, args.overrides, variant=args.variant, out=args.out,
+               app_dir=args.app, local=args.local, tls=args.tls or all(tls_files),
+               tls_files=tls_files if all(tls_files) else None, auth=args.auth,
+               round_timeout_s=args.round_timeout, run_timeout_s=args.run_timeout,
+               overwrite=args.overwrite, fmt=args.format, verbose=args.verbose)
     return 0
 
 
