@@ -111,6 +111,7 @@ class LocalFederation:
             env.pop(key, None)
         env.update(FLWR_HOME=str(self.home), FLWR_TELEMETRY_ENABLED="0",
                    FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1",
+                   FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2",
                    FEDSIM_FLOWER_WORK=str(self.work),
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
         return env
