@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -323,7 +324,10 @@ class RayTrainer:
             return
         self._closed = True
         try:
-            shared = self._session is not None and not self._session_info.started
+            # idle actors wait for the session's next run, unless the run is failing (an
+            # actor may be busy or broken) or this trainer's own Ray stops now anyway
+            shared = (self._session is not None and not self._session_info.started
+                      and sys.exc_info()[0] is None)
             _release(self._handles, self._pool_key if shared else None)
             self._handles = []
         finally:
