@@ -143,7 +143,7 @@ def decode_errors(quick: bool) -> list[tuple]:
     rng = np.random.default_rng(0)
     out = []
     for n in (8, 16, 32, 64, 128, 256):
-        for s in (1, n // 8, n // 4):
+        for s in sorted({1, n // 8, n // 4}):
             if s < 1 or (quick and n > 64):
                 continue
             code = make_code("crc", n, s, seed=n + s)
