@@ -8,7 +8,8 @@ scenario's Byzantine clients under a data attack, as in the simulator), partitio
 the data seed, and its model and local optimizer; the partition's samples are the node's
 training set.
 
-- ``query``: answers the partitions the node holds.
+- ``query``: answers the partitions the node holds (after loading them once, so that the
+  first round's ClientApp process finds them in the cache).
 - ``train``: ``Population.train`` for the asked partitions from the global parameters the
   server sent, on the sample orders the server drew from the simulator's training stream
   (``orders=``), so each client sees exactly the minibatches the simulator would give it.
@@ -167,6 +168,7 @@ def make_client_app(pkg_dir: Path) -> ClientApp:
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         held = node_partitions(context.node_config)
+        _setup(pkg_dir, str(context.run_config.get("base-dir", "")), held)  # warm the cache
         return Message(content=RecordDict({"config": ConfigRecord({"partitions": held})}),
                        reply_to=msg)
 

@@ -24,12 +24,15 @@ class DeployResult:
         run_dir: the run directory (written by the ServerApp when run locally).
         summary: ``summary.json`` of a local run, else None.
         leftovers: processes that had to be stopped after the local run (0 normally).
+        pids: every process the local run started (SuperLink, SuperNodes, their children
+            seen, ``flwr run``): all stopped when ``deploy`` returns.
     """
 
     app_dir: Path
     run_dir: Path
     summary: dict | None = None
     leftovers: int = 0
+    pids: frozenset[int] = frozenset()
 
 
 def node_configs(num_nodes: int, num_clients: int) -> list[str]:
@@ -65,7 +68,8 @@ def deploy(scenario: str | Path, overrides: Sequence[str] = (), *, variant: str 
         tls: serve the SuperLink over TLS (certificates made for the run unless
             ``tls_files`` = ``(ca, cert, key)`` PEM paths are given).
         tls_files: the user's CA certificate, server certificate and key.
-        auth: SuperNode authentication (each node's key registered; others refused).
+        auth: SuperNode authentication (each node's key registered; others refused);
+            flwr 1.42 allows it over TLS only, so it turns ``tls`` on.
         round_timeout_s: how long the server waits for a round's replies.
         run_timeout_s: the whole ``flwr run`` is stopped after this long.
         overwrite: replace an earlier run in the run directory.
@@ -137,6 +141,10 @@ def _run_local(app: Path, run_dir: Path, nodes: list[str], tls: bool,
         print(line, file=log, flush=True)
 
     files = None
+    if auth and not tls and tls_files is None:
+        say("fedsim deploy: --auth needs TLS in flwr 1.42; serving TLS with certificates made "
+            "for the run")
+        tls = True
     if tls_files is not None:
         files = given_certificates(*tls_files)
     elif tls:
@@ -175,7 +183,7 @@ def _run_local(app: Path, run_dir: Path, nodes: list[str], tls: bool,
             _keep_logs(work, run_dir.parent / "flower_logs")
         shutil.rmtree(work, ignore_errors=True)
     say(f"fedsim deploy: results in {run_dir}")
-    return DeployResult(app, run_dir, summary, leftovers)
+    return DeployResult(app, run_dir, summary, leftovers, frozenset(fed.seen_pids))
 
 
 def _keep_logs(work: Path, dest: Path) -> None:

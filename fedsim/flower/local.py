@@ -83,6 +83,7 @@ class LocalFederation:
         tls: serve the SuperLink over TLS with these files (None: ``--insecure``).
         auth: SuperNode authentication: the SuperLink accepts only registered keys; each
             node started with ``start_node`` gets a fresh key, registered unless told not.
+            Needs ``tls`` (flwr 1.42 refuses authentication over an insecure channel).
         log: called with each line of progress.
 
     Use as a context manager, or call ``stop`` in a ``finally``.
@@ -97,6 +98,9 @@ class LocalFederation:
     seen_pids: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        if self.auth and self.tls is None:
+            raise FedsimError("SuperNode authentication needs TLS (flwr 1.42's SuperLink "
+                              "refuses --enable-supernode-auth without certificates)")
         self.work = Path(self.work).resolve()
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
         self.home = self.work / "flwr_home"

@@ -35,12 +35,12 @@ def run_server(grid: Grid, context: Context, pkg_dir: Path) -> dict:
         run = FederatedRun(sc, Path(cfg.base_dir))
         run.label = sc.name
         nodes = wait_for_nodes(grid, cfg.min_nodes, cfg.wait_nodes_s)
-        holders = query_partitions(grid, nodes, cfg.round_timeout_s)
+        holders = query_partitions(grid, nodes, max(cfg.round_timeout_s, cfg.wait_nodes_s))
         print(f"fedsim deploy: {len(nodes)} SuperNodes hold {len(holders)} of "
               f"{sc.data.num_clients} partitions", flush=True)
         if not holders:
             raise FedsimError("fedsim deploy: no SuperNode answered with its partitions "
-                              f"within {cfg.round_timeout_s:g} s")
+                              f"within {max(cfg.round_timeout_s, cfg.wait_nodes_s):g} s")
         loop = RunLoop(sc, Path(cfg.run_dir), label=sc.name, progress=False,
                        device=run.device, metric_columns=run.own_columns, started=started)
         strategy = FedsimStrategy(run, holders, loop,
