@@ -1,0 +1,187 @@
+"""Games and the GAN task: exact equilibria, and the theory's predictions on them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fedsim.errors import ScenarioError
+from fedsim.minmax import (
+    Operator,
+    affine_operator,
+    bilinear_game,
+    dadam3,
+    gaussian_mixture_gan,
+    make_method,
+    mode_metrics,
+    quadratic_game,
+    run_minmax,
+)
+from fedsim.minmax.gan import mode_centers
+from fedsim.network.mixing import metropolis_weights, spectral_gap
+from fedsim.network.topology import complete, ring, torus
+
+
+def _op(task):
+    return Operator(task, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("make", [bilinear_game, quadratic_game])
+@pytest.mark.parametrize("bias", [0.0, 0.7])
+def test_nash_is_exact(make, bias):
+    task = make(num_nodes=6, dim=4, heterogeneity=1.0, bias=bias, seed=3)
+    op = _op(task)
+    assert float(op.mean(task.nash).norm()) < 1e-12
+    local = op.exact(task.nash.expand(6, -1)).norm(dim=1)  # each node's own F_i(x*)
+    if bias == 0:
+        assert float(local.max()) < 1e-12
+    else:
+        assert float(local.min()) > 1e-3
+
+
+def test_bilinear_local_matrices_average_to_a_skew_operator():
+    task = bilinear_game(num_nodes=8, dim=3, heterogeneity=2.0, seed=0)
+    M, _ = affine_operator(task)
+    A_i = task.node_data[0]
+    assert float((A_i - A_i.mean(0)).abs().max()) > 0.1  # the nodes really differ
+    Mbar = M.mean(0)
+    torch.testing.assert_close(Mbar + Mbar.T, torch.zeros(6, 6, dtype=torch.float64),
+                               rtol=0, atol=1e-12)  # monotone, not strongly: F = [[0, A], [-A^T, 0]]
+    torch.testing.assert_close(Mbar[:3, 3:], A_i.mean(0), rtol=0, atol=1e-12)
+    s = torch.linalg.svdvals(A_i.mean(0))
+    assert float(s.min()) == pytest.approx(0.5) and float(s.max()) == pytest.approx(1.5)
+
+
+def test_quadratic_is_strongly_monotone_on_average():
+    task = quadratic_game(num_nodes=8, dim=4, mu=0.5, curvature_spread=3.0, seed=1)
+    M, _ = affine_operator(task)
+    sym = lambda A: (A + A.transpose(-1, -2)) / 2  # noqa: E731
+    assert float(torch.linalg.eigvalsh(sym(M.mean(0))).min()) >= 0.5 - 1e-12
+    assert float(torch.linalg.eigvalsh(sym(M)).min()) < 0  # some node's own game is not
+
+
+# ------------------------------------------------------------------ bilinear, ring of 8
+
+BILINEAR_ITERS = 3000
+
+
+@pytest.fixture(scope="module")
+def bilinear_rows():
+    task = bilinear_game(num_nodes=8, dim=5, heterogeneity=0.5, seed=0)
+    methods = {"gda": make_method("gda", lr=0.05),
+               "extragradient": make_method("extragradient", lr=0.3),
+               "dposg": make_method("dposg", lr=0.2),
+               "ogda": make_method("adaptive", lr=0.2, beta1=0.0, preconditioner="none",
+                                   lookahead="optimistic", mix="after"),
+               "dadam3": dadam3(lr=0.2, beta1=0.5, beta2=0.9, beta3=0.9)}
+    return {k: run_minmax(task, m, ring(8), 1000 if k == "gda" else BILINEAR_ITERS,
+                          eval_every=250) for k, m in methods.items()}
+
+
+def test_bilinear_gda_does_not_converge(bilinear_rows):
+    rows = bilinear_rows["gda"]
+    d = [r["dist_to_nash"] for r in rows if "dist_to_nash" in r]
+    assert d[-1] > d[0]  # spirals out (Daskalakis et al. 2018)
+    assert min(d[len(d) // 2:]) > 0.5 * d[0]
+
+
+@pytest.mark.parametrize("name", ["extragradient", "dposg", "ogda", "dadam3"])
+def test_bilinear_extragradient_optimistic_and_dadam3_converge(bilinear_rows, name):
+    last = bilinear_rows[name][-1]
+    assert last["iteration"] == BILINEAR_ITERS
+    assert last["dist_to_nash"] < 1e-3
+    assert last["dist_to_nash_max"] < 1e-3
+    assert last["consensus"] < 1e-4
+
+
+# ------------------------------------------------------------------ quadratic
+
+
+@pytest.mark.parametrize("method", [make_method("extragradient", lr=0.05),
+                                    make_method("dposg", lr=0.05),
+                                    make_method("extragradient", lr=0.05, mix="before")])
+def test_quadratic_linear_convergence(method):
+    task = quadratic_game(num_nodes=8, dim=4, mu=1.0, seed=0)
+    rows = run_minmax(task, method, ring(8), 600, eval_every=100)
+    d = [r["dist_to_nash_max"] for r in rows]
+    factors = [d[k + 1] / d[k] for k in range(1, 5)]  # per 100 iterations
+    assert max(factors) < 0.05  # geometric: a fixed factor every 100 iterations
+    assert d[-1] < 1e-9
+
+
+def test_quadratic_heterogeneity_floor_grows_as_the_spectral_gap_shrinks():
+    # node-specific saddle points (bias > 0): constant-step decentralized extragradient
+    # converges linearly to a point at distance ~ lr * bias / gap from x*
+    floors, gaps = [], []
+    for G in (ring(16), torus(4, 4), complete(16)):
+        task = quadratic_game(num_nodes=16, dim=4, mu=1.0, bias=1.0, seed=0)
+        rows = run_minmax(task, make_method("extragradient", lr=0.05), G, 800,
+                          eval_every=400)
+        assert abs(rows[-1]["dist_to_nash_max"] - rows[-2]["dist_to_nash_max"]) < 1e-6
+        floors.append(rows[-1]["dist_to_nash_max"])
+        gaps.append(spectral_gap(metropolis_weights(G)))
+    assert gaps[0] < gaps[1] < gaps[2]
+    assert floors[0] > 2 * floors[1] > 4 * floors[2]
+
+
+# ------------------------------------------------------------------ GAN task
+
+
+def test_mode_metrics_on_real_and_collapsed_samples():
+    centers = mode_centers(8, 2.0)
+    gen = torch.Generator().manual_seed(0)
+    real = centers[torch.randint(0, 8, (2000,), generator=gen)]
+    real = real + 0.1 * torch.randn(2000, 2, generator=gen)
+    m = mode_metrics(real, centers, 0.1)
+    assert m["modes_covered"] == 8 and m["high_quality"] > 0.95
+    collapsed = centers[3] + 0.01 * torch.randn(2000, 2, generator=gen)
+    assert mode_metrics(collapsed, centers, 0.1) == {"modes_covered": 1.0, "high_quality": 1.0}
+
+
+def test_gan_shards_and_operator_shapes():
+    task = gaussian_mixture_gan(num_nodes=9, split="modes", hidden=8, seed=0)
+    shards = task.node_data[0]
+    assert shards.shape == (9, 512, 2)
+    centers = mode_centers(8, 2.0)
+    for i in range(9):  # node i holds only mode i mod 8
+        assert float((shards[i] - centers[i % 8]).norm(dim=1).max()) < 1.0
+    op = _op(task)
+    F = op(task.initial_states())
+    assert F.shape == (9, task.dim) and F.dtype == torch.float32
+    assert torch.isfinite(F).all()
+    assert math.isfinite(float(op.mean(task.x0).norm()))
+
+
+def test_gan_zero_sum_loss_negates_the_discriminator_loss():
+    # zero-sum: F = (grad_theta f, -grad_phi f) with f = -l_phi; the theta part of the
+    # non-saturating game differs, the phi part is the same
+    ns = gaussian_mixture_gan(num_nodes=2, hidden=8, loss="non_saturating", seed=1)
+    zs = gaussian_mixture_gan(num_nodes=2, hidden=8, loss="zero_sum", seed=1)
+    X = ns.initial_states()
+    F_ns, F_zs = _op(ns)(X), _op(zs)(X)
+    d = ns.d_theta
+    torch.testing.assert_close(F_ns[:, d:], F_zs[:, d:])
+    assert not torch.allclose(F_ns[:, :d], F_zs[:, :d])
+
+
+@pytest.mark.parametrize("key,kw", [("task.split", {"split": "random"}),
+                                    ("task.loss", {"loss": "wgan"}),
+                                    ("task.hidden", {"hidden": 0})])
+def test_gan_bad_settings(key, kw):
+    with pytest.raises(ScenarioError) as err:
+        gaussian_mixture_gan(**kw)
+    assert err.value.key == key
+
+
+def test_game_bad_settings():
+    with pytest.raises(ScenarioError) as err:
+        bilinear_game(dim=0)
+    assert err.value.key == "task.dim"
+    with pytest.raises(ScenarioError) as err:
+        quadratic_game(mu=0.0)
+    assert err.value.key == "task.mu"
+    with pytest.raises(ScenarioError) as err:
+        bilinear_game(heterogeneity=-1.0)
+    assert err.value.key == "task.heterogeneity"
