@@ -48,7 +48,7 @@ def test_bilinear_local_matrices_average_to_a_skew_operator():
     assert float((A_i - A_i.mean(0)).abs().max()) > 0.1  # the nodes really differ
     Mbar = M.mean(0)
     torch.testing.assert_close(Mbar + Mbar.T, torch.zeros(6, 6, dtype=torch.float64),
-                               rtol=0, atol=1e-12)  # monotone, not strongly: F = [[0, A], [-A^T, 0]]
+                               rtol=0, atol=1e-12)  # F = [[0, A], [-A^T, 0]]: monotone
     torch.testing.assert_close(Mbar[:3, 3:], A_i.mean(0), rtol=0, atol=1e-12)
     s = torch.linalg.svdvals(A_i.mean(0))
     assert float(s.min()) == pytest.approx(0.5) and float(s.max()) == pytest.approx(1.5)
