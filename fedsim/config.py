@@ -77,6 +77,10 @@ class AlgorithmConfig:
     gossip_rate: float = 1.0  # exchanges per edge per simulated second (Poisson)
     eval_interval_s: float = 1.0  # simulated seconds per evaluation row ("round")
     step_times: str = "poisson"  # local steps: poisson (continuized) | back_to_back
+    # name = "coded": the straggler-mitigation scheme and its parameters, {scheme = "gc" |
+    # "sr-sgc" | "m-sgc" | "wait-for-all" | "ignore-stragglers", code, s, B, W, lam, jobs,
+    # models, mu}; checked by fedsim.coding.spec (docs/gradient_coding.md)
+    coding: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,9 @@ class NetworkConfig:
     deadline_s: float = 10.0  # deadline: the round closes this long after it starts
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
+    # algorithm "coded": the workers' delay profile, {model = "bursty" | "bursts" |
+    # "constant" | "lognormal" | "shifted_exponential" | "trace", ...}; fedsim.coding.spec
+    delays: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from fedsim.data.base import FederatedData
 from fedsim.distributed.trainer import LocalTrainer, RayOptions, Trainer
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.results.records import RoundRecord
-from fedsim.scenario import DECENTRALIZED_ALGORITHMS
+from fedsim.scenario import CODED_ALGORITHMS, DECENTRALIZED_ALGORITHMS
 from fedsim.seeding import numpy_rng, stream_seed, torch_generator
 
 if TYPE_CHECKING:
@@ -316,6 +316,14 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
 
         return run_decentralized(sc, run_dir, base_dir, progress, label, data, model, metrics,
                                  callback, resume, loss)
+    if sc.algorithm.name in CODED_ALGORITHMS:  # distributed GD with stragglers: fedsim.coding
+        if ray is not None:
+            raise ScenarioError("algorithm.name", "'coded' simulates its workers in this "
+                                "process; run it without --ray")
+        from fedsim.runs.coded import run_coded_scenario
+
+        return run_coded_scenario(sc, run_dir, base_dir, progress, label, data, model,
+                                  metrics, callback, resume, loss)
     from fedsim.runs.loop import RunLoop
 
     metrics = check_metrics(metrics)

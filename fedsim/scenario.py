@@ -40,7 +40,8 @@ from fedsim.network.compute import COMPUTE_MODELS, make_compute_model
 DEVICES = ("cpu", "cuda", "auto")
 DECENTRALIZED_ALGORITHMS = ("dsgd", "gossip_sgd", "accelerated_gossip_sgd")
 ASYNC_ALGORITHMS = ("gossip_sgd", "accelerated_gossip_sgd")  # steps at each node's own times
-ALGORITHMS = ("fedavg", "fedprox", *DECENTRALIZED_ALGORITHMS)
+CODED_ALGORITHMS = ("coded",)  # synchronous distributed GD with gradient coding
+ALGORITHMS = ("fedavg", "fedprox", *DECENTRALIZED_ALGORITHMS, *CODED_ALGORITHMS)
 # fields whose value is a whole table (kept as one value when variants are flattened)
 TABLE_FIELDS = ("network.topology_params", "algorithm.aggregator", "algorithm.server_opt",
                 "algorithm.local_opt", "algorithm.compress", "attack.params")
@@ -299,7 +300,7 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None,
     _one_of(d.dataset, DATASETS, "data.dataset")
     _one_of(d.partition, PARTITIONS, "data.partition")
     _at_least(d.num_clients, 1, "data.num_clients")
-    if sc.clients_per_round > d.num_clients:
+    if sc.clients_per_round > d.num_clients and sc.algorithm.name not in CODED_ALGORITHMS:
         raise ScenarioError(
             "clients_per_round",
             f"cohort of {sc.clients_per_round} is larger than the population "
@@ -342,6 +343,7 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None,
     _validate_network(sc, base_dir)
     if a.name in DECENTRALIZED_ALGORITHMS:
         _validate_decentralized(sc, base_dir)
+    _validate_coded(sc, base_dir)
     _validate_aggregator(a.aggregator)
     _validate_server_opt(a)
     _validate_local_opt(a)
@@ -476,6 +478,26 @@ def _validate_decentralized(sc: Scenario, base_dir: Path) -> None:
                                      f"seconds per sample must be >= {MIN_SIM_S:g} (a step that "
                                      f"takes no time never reaches the next evaluation), got "
                                      f"{float(np.min(sps)):g}")
+
+
+def _validate_coded(sc: Scenario, base_dir: Path) -> None:
+    """``algorithm.name = "coded"`` (fedsim.coding.spec): the coding and delay tables, no
+    attack, no privacy, a star network; both tables empty for any other algorithm."""
+    from fedsim.coding.spec import check_coded
+
+    check_coded(sc.algorithm.name, sc.algorithm.coding, sc.network.delays,
+                sc.data.num_clients, sc.rounds, base_dir)
+    if sc.algorithm.name not in CODED_ALGORITHMS:
+        return
+    if sc.attack.name != "none":
+        raise ScenarioError("attack.name", "attacks are not supported with coded; "
+                                           "allowed: none")
+    if sc.privacy.mode != "none":
+        raise ScenarioError("privacy.mode", "privacy is not supported with coded; "
+                                            "allowed: none")
+    if sc.network.topology != "star":
+        raise ScenarioError("network.topology", "coded runs time their workers with "
+                                                "network.delays; allowed: star")
 
 
 def _validate_aggregator(spec: dict) -> None:

@@ -22,6 +22,8 @@ or at least ``W`` apart).
 Delay profiles (``[n, rounds]`` arrays): :func:`compute_model_delays` (fedsim's compute
 models, :mod:`fedsim.network.compute`, e.g. the shifted exponential of the papers),
 :func:`gilbert_elliott_delays` (a bursty two-state Markov chain per worker),
+:func:`burst_delays` (bursts of a fixed length: the same workers slow for several
+consecutive rounds, as the ``(B, W, lambda)`` model assumes),
 :func:`load_linear` (``base + load * seconds_per_gradient``: a scheme pays for the data
 it computes on) and :func:`read_delay_trace` (a CSV of ``workers x rounds``).
 
@@ -275,6 +277,58 @@ def gilbert_elliott_delays(n: int, rounds: int, rng: np.random.Generator, *,
         slow[:, r] = state
         u = rng.random(n)
         state = np.where(state, u >= p_recover, u < p_slow)
+    base = fast_s * rng.uniform(1.0 - jitter, 1.0 + jitter, size=(n, rounds))
+    return np.where(slow, base * slow_factor, base)
+
+
+def burst_delays(n: int, rounds: int, rng: np.random.Generator, *, p_slow: float = 0.02,
+                 burst: int = 2, gap: int = 0, fast_s: float = 0.6, slow_factor: float = 4.0,
+                 jitter: float = 0.08) -> np.ndarray:
+    """Persistent bursts: a slow worker stays slow for ``burst`` consecutive rounds.
+
+    Per round, a fast worker whose cool-down is over starts a burst with probability
+    ``p_slow``; the burst lasts exactly ``burst`` rounds, then the worker is fast for at
+    least ``gap`` rounds. With ``burst <= B`` and ``gap >= W - 1`` every worker's
+    straggling lies inside one burst of at most ``B`` rounds per window of ``W`` (the
+    per-worker half of the ``(B, W, lambda)``-bursty model; ``lambda``, the distinct
+    stragglers per window, is then about ``p_slow * n * (W + B - 1)`` on average).
+    Unlike :func:`gilbert_elliott_delays`, whose bursts are geometric and mostly one
+    round long at a high recovery rate, the same workers stay slow across consecutive
+    rounds, the shape sequential gradient coding is designed for. Delays as
+    :func:`gilbert_elliott_delays`: fast ``fast_s * U(1 - jitter, 1 + jitter)``, slow
+    ``slow_factor`` times that.
+
+    Args:
+        n: workers.
+        rounds: rounds.
+        rng: the draws.
+        p_slow: per round, the chance that a fast worker (past its cool-down) turns slow,
+            in ``[0, 1]``.
+        burst: rounds a burst lasts, ``>= 1``.
+        gap: fast rounds after a burst before the next can start, ``>= 0``.
+        fast_s: the typical fast delay (seconds, > 0).
+        slow_factor: slow delay / fast delay (> 2 makes slow workers stragglers at mu = 1).
+        jitter: relative uniform spread of the delays, in ``[0, 1)``.
+
+    Returns:
+        ``[n, rounds]`` seconds.
+
+    References:
+        Krishnan, Ebrahimi, Khisti, "Sequential Gradient Coding for Straggler Mitigation"
+        (ICLR 2023), Section 2 (the ``(B, W, lambda)``-bursty model this profile follows).
+    """
+    if not 0.0 <= p_slow <= 1.0:
+        raise ScenarioError("network.delays.p_slow", f"must be in [0, 1], got {p_slow}")
+    left = np.zeros(n, dtype=int)   # slow rounds left in the current burst
+    cool = np.zeros(n, dtype=int)   # fast rounds left before a burst may start
+    slow = np.empty((n, rounds), dtype=bool)
+    for r in range(rounds):
+        start = (left == 0) & (cool == 0) & (rng.random(n) < p_slow)
+        left = np.where(start, burst, left)
+        slow[:, r] = left > 0
+        ending = left == 1
+        left = np.maximum(left - 1, 0)
+        cool = np.where(ending, gap, np.maximum(cool - (~slow[:, r]), 0))
     base = fast_s * rng.uniform(1.0 - jitter, 1.0 + jitter, size=(n, rounds))
     return np.where(slow, base * slow_factor, base)
 

@@ -213,55 +213,129 @@ def run_coded(scheme: str | Scheme, n: int = 8, *, s: int | None = None,
     forward, d = make_forward(model, x.shape[1], classes, hidden)
     thetas = [0.1 * torch.randn(d, generator=torch_generator(seed, f"model/{m}"),
                                 dtype=torch.float64).to(dtype) for m in range(m_count)]
-    grads: dict[int, torch.Tensor] = {}      # job -> [P, d]
-    messages: dict[tuple, torch.Tensor] = {}  # task key -> message
-    job_keys: dict[int, list[tuple]] = {}
-    rows, now, waits, done, steps = [], 0.0, 0, 0, 0
+    loop = CodedLoop(sch, delays, thetas,
+                     lambda th: piece_gradients(model, th, x, y, piece_of, len(sch.fractions),
+                                                classes, hidden), lr, mu)
+    rows = []
     for r in range(1, rounds + 1):
+        row = loop.play()
+        row = {k: row[k] for k in ("round", "sim_time_s", "duration_s", "waited", "waits",
+                                   "stragglers", "decoded", "jobs_done", "steps", "cond",
+                                   "grad_error", "load")}
+        row["loss"], row["accuracy"] = float("nan"), float("nan")
+        if r % eval_every == 0 or r == rounds:
+            with torch.no_grad():
+                losses = [float(torch.nn.functional.cross_entropy(forward(th, x), y))
+                          for th in loop.thetas]
+                accs = [float((forward(th, xt).argmax(1) == yt).double().mean())
+                        for th in loop.thetas]
+            row["loss"], row["accuracy"] = float(np.mean(losses)), float(np.mean(accs))
+        if record_params:
+            row["params"] = [th.detach().cpu().numpy().copy() for th in loop.thetas]
+        rows.append(row)
+    return rows
+
+
+class CodedLoop:
+    """The master's round loop of a scheme with real tensors: assign, clock, receive.
+
+    One :meth:`play` per round ``r = 1, 2, ..., J + T``:
+
+    1. ``scheme.assign(r)``; a job starting this round (``r <= J``) has its piece
+       gradients ``G [P, d]`` computed (``piece_grads(theta)``) at the parameters of its
+       model (``(r - 1) mod models``);
+    2. ``scheme.clock(delays[:, r - 1], mu)``: who straggled, how long the round lasted;
+    3. ``scheme.receive(r, stragglers)``; each arrived task's coded message
+       ``coeffs @ G[pieces]`` is formed and every decodable job decoded,
+       ``sum_k a_k message_k``, and applied as one step ``theta -= lr * g`` of its model.
+
+    Everything that changes from round to round is in :meth:`state_dict` (the scheme's
+    state machine itself, the models, the gradients and messages in flight, the clock's
+    time and counters), so a run continued from it plays exactly as one never stopped.
+
+    Args:
+        scheme: a fresh :class:`~fedsim.coding.sequential.Scheme`.
+        delays: ``[n, >= J + T]`` worker delays in seconds.
+        thetas: ``[d]`` parameters of each model (``>= T + 1`` of them).
+        piece_grads: ``theta [d] -> [P, d]``, row ``p`` the gradient of piece ``p``'s share
+            of the loss (the rows sum to the full gradient).
+        lr: the gradient step.
+        mu: the straggler tolerance.
+    """
+
+    def __init__(self, scheme: Scheme, delays: np.ndarray, thetas: list[torch.Tensor],
+                 piece_grads: Callable[[torch.Tensor], torch.Tensor], lr: float,
+                 mu: float = 1.0):
+        self.scheme = scheme
+        self.delays = np.asarray(delays, dtype=float)
+        self.thetas = list(thetas)
+        self.piece_grads = piece_grads
+        self.lr, self.mu = float(lr), float(mu)
+        self.grads: dict[int, torch.Tensor] = {}      # job -> [P, d]
+        self.messages: dict[tuple, torch.Tensor] = {}  # task key -> message
+        self.job_keys: dict[int, list[tuple]] = {}
+        self.round, self.now, self.waits, self.done, self.steps = 0, 0.0, 0, 0, 0
+
+    def play(self) -> dict:
+        """Play the next round; its row: ``round``, ``sim_time_s``, ``duration_s``,
+        ``waited``, ``waits`` (so far), ``stragglers`` (accepted), ``slow`` (slower than
+        ``(1 + mu) min``), ``decoded`` (jobs decoded this round), ``jobs_done``, ``steps``,
+        ``cond`` and ``grad_error`` (largest over this round's decodes, NaN if none),
+        ``load``, ``tasks`` (tasks assigned), ``arrived`` (tasks whose result arrived),
+        ``new_job`` (a job started this round)."""
+        sch, r = self.scheme, self.round + 1
+        m_count = len(self.thetas)
         tasks = sch.assign(r)
-        if r <= sch.jobs:
-            grads[r] = piece_gradients(model, thetas[(r - 1) % m_count], x, y, piece_of,
-                                       len(sch.fractions), classes, hidden)
-        clk = sch.clock(delays[:, r - 1], mu)
+        new_job = r <= sch.jobs
+        if new_job:
+            self.grads[r] = self.piece_grads(self.thetas[(r - 1) % m_count])
+        clk = sch.clock(self.delays[:, r - 1], self.mu)
         decodes = sch.receive(r, clk.stragglers)
+        arrived = 0
         for t in tasks:
             if not clk.stragglers[t.worker]:
-                g = grads[t.job]
-                messages[t.key] = g.new_tensor(t.coeffs) @ g[torch.as_tensor(t.pieces)]
-                job_keys.setdefault(t.job, []).append(t.key)
+                g = self.grads[t.job]
+                self.messages[t.key] = g.new_tensor(t.coeffs) @ g[torch.as_tensor(t.pieces)]
+                self.job_keys.setdefault(t.job, []).append(t.key)
+                arrived += 1
         cond, err = float("nan"), float("nan")
         for dec in decodes:
-            stack = torch.stack([messages[t.key] for t in dec.tasks])
+            stack = torch.stack([self.messages[t.key] for t in dec.tasks])
             g_dec = stack.new_tensor(dec.weights) @ stack
-            full = grads[dec.job].sum(dim=0)
+            full = self.grads[dec.job].sum(dim=0)
             rel = float((g_dec - full).norm() / full.norm().clamp_min(1e-300))
             err = rel if math.isnan(err) else max(err, rel)
             cond = dec.cond if math.isnan(cond) else max(cond, dec.cond)
             m = (dec.job - 1) % m_count
-            thetas[m] = thetas[m] - lr * g_dec
-            steps += 1
-            for key in job_keys.pop(dec.job, []):
-                messages.pop(key, None)
-            del grads[dec.job]
-        now += clk.duration_s
-        waits += int(clk.waited)
-        done += len(decodes)
-        row = {"round": r, "sim_time_s": now, "duration_s": clk.duration_s,
-               "waited": clk.waited, "waits": waits, "stragglers": int(clk.stragglers.sum()),
-               "decoded": len(decodes), "jobs_done": done, "steps": steps, "cond": cond,
-               "grad_error": err, "load": sch.load, "loss": float("nan"),
-               "accuracy": float("nan")}
-        if r % eval_every == 0 or r == rounds:
-            with torch.no_grad():
-                losses = [float(torch.nn.functional.cross_entropy(forward(th, x), y))
-                          for th in thetas]
-                accs = [float((forward(th, xt).argmax(1) == yt).double().mean())
-                        for th in thetas]
-            row["loss"], row["accuracy"] = float(np.mean(losses)), float(np.mean(accs))
-        if record_params:
-            row["params"] = [th.detach().cpu().numpy().copy() for th in thetas]
-        rows.append(row)
-    return rows
+            self.thetas[m] = self.thetas[m] - self.lr * g_dec
+            self.steps += 1
+            for key in self.job_keys.pop(dec.job, []):
+                self.messages.pop(key, None)
+            del self.grads[dec.job]
+        self.round = r
+        self.now += clk.duration_s
+        self.waits += int(clk.waited)
+        self.done += len(decodes)
+        slow = int((self.delays[:, r - 1] > (1.0 + self.mu) * self.delays[:, r - 1].min()).sum())
+        return {"round": r, "sim_time_s": self.now, "duration_s": clk.duration_s,
+                "waited": clk.waited, "waits": self.waits,
+                "stragglers": int(clk.stragglers.sum()), "slow": slow,
+                "decoded": len(decodes), "jobs_done": self.done, "steps": self.steps,
+                "cond": cond, "grad_error": err, "load": sch.load, "tasks": len(tasks),
+                "arrived": arrived, "new_job": new_job}
+
+    def state_dict(self) -> dict:
+        """Everything :meth:`play` changes (the scheme's state machine included)."""
+        return {"scheme": self.scheme, "thetas": self.thetas, "grads": self.grads,
+                "messages": self.messages, "job_keys": self.job_keys,
+                "counters": (self.round, self.now, self.waits, self.done, self.steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`'s output."""
+        self.scheme, self.thetas = state["scheme"], list(state["thetas"])
+        self.grads, self.messages = dict(state["grads"]), dict(state["messages"])
+        self.job_keys = {k: list(v) for k, v in state["job_keys"].items()}
+        self.round, self.now, self.waits, self.done, self.steps = state["counters"]
 
 
 def full_batch_gd(steps: int, *, model: str = "logreg", hidden: int = 32, lr: float = 0.5,
