@@ -205,3 +205,197 @@ def gaussian_mixture_gan(num_nodes: int = 9, modes: int = 8, radius: float = 2.0
                       loss=loss_theta, loss_phi=loss_phi, node_data=(shards,), x0=x0,
                       sample=sample, eval_batch=eval_batch, evaluate=evaluate,
                       samples_per_call=B, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ digits
+
+
+def _train_classifier(x: Tensor, y: Tensor, hidden: int, gen: torch.Generator
+                      ) -> Tensor:
+    """A ``64 -> hidden -> 10`` digits classifier, fitted once in closed form.
+
+    The hidden layer is random ReLU features (``W1 ~ N(0, 4 / 64)``, ``b1 ~ U(-1, 1)``);
+    the output layer is a ridge regression onto one-hot labels (``lambda = 1e-2``): one
+    linear solve, milliseconds on a CPU, and deterministic for a seed.
+
+    References:
+        Rahimi & Recht, "Random Features for Large-Scale Kernel Machines" (NeurIPS 2007).
+    """
+    d = x.shape[1]
+    W1 = torch.randn(d, hidden, generator=gen) * (2.0 / math.sqrt(d))
+    b1 = torch.rand(hidden, generator=gen) * 2 - 1
+    h = torch.cat((torch.relu(x @ W1 + b1), torch.ones(len(x), 1)), dim=1).double()
+    target = nnf.one_hot(y, 10).double()
+    A = h.T @ h + 1e-2 * torch.eye(hidden + 1, dtype=torch.float64)
+    out = torch.linalg.solve(A, h.T @ target).float()  # [hidden + 1, 10]
+    return torch.cat((W1.reshape(-1), b1, out[:hidden].reshape(-1), out[hidden]))
+
+
+def _features(params: Tensor, x: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
+    """The classifier's hidden features ``[m, hidden]`` and class probabilities ``[m, 10]``.
+
+    The ridge scores are turned into probabilities by a softmax at temperature 0.1.
+    """
+    d = x.shape[1]
+    W1, b1 = params[:d * hidden].reshape(d, hidden), params[d * hidden:d * hidden + hidden]
+    h = torch.relu(x @ W1 + b1)
+    rest = params[d * hidden + hidden:]
+    scores = h @ rest[:hidden * 10].reshape(hidden, 10) + rest[hidden * 10:]
+    return h, (scores / 0.1).softmax(dim=1)
+
+
+def inception_score(probs: Tensor) -> float:
+    """``exp(E_x KL(p(y|x) || p(y)))`` from class probabilities ``[m, K]``.
+
+    References:
+        Salimans et al., "Improved Techniques for Training GANs" (NeurIPS 2016).
+    """
+    p = probs.double().clamp_min(1e-12)
+    marginal = p.mean(dim=0, keepdim=True)
+    return float(torch.exp((p * (p.log() - marginal.log())).sum(dim=1).mean()))
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """Fréchet distance of Gaussians fitted to feature sets ``[m1, k]`` and ``[m2, k]``.
+
+    References:
+        Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local
+        Nash Equilibrium" (NeurIPS 2017).
+    """
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = torch.cov(a.T), torch.cov(b.T)
+    lam, vec = torch.linalg.eigh(ca)
+    root_a = vec @ torch.diag(lam.clamp_min(0).sqrt()) @ vec.T
+    cross = torch.linalg.eigvalsh(root_a @ cb @ root_a).clamp_min(0).sqrt().sum()
+    return float(((mu_a - mu_b) ** 2).sum() + ca.trace() + cb.trace() - 2 * cross)
+
+
+def digits_gan(num_nodes: int = 8, split: str = "iid", hidden: int = 128, z_dim: int = 16,
+               batch_size: int = 64, eval_samples: int = 1000, classifier_hidden: int = 256,
+               seed: int = 0) -> MinMaxTask:
+    """An image GAN on scikit-learn's built-in 8x8 digits (no download), scored by a
+    small digits classifier trained once.
+
+    Images are flattened to 64 values in ``[-1, 1]``; the generator is ``z -> hidden ->
+    hidden -> 64`` with a ``tanh`` output, the discriminator ``64 -> hidden -> hidden ->
+    1``; the non-saturating losses of :func:`gaussian_mixture_gan`. Node ``i`` holds an
+    equal shard of the training images: a random one (``"iid"``), or a contiguous run of
+    the images sorted by label (``"labels"``: one or two classes per node). Rows get
+    ``inception_score`` (classifier-based, 1 to 10) and ``fid`` (Fréchet distance in the
+    classifier's hidden features, to the held-out images), of ``eval_samples`` samples.
+
+    Args:
+        num_nodes: ``n``.
+        split: ``"iid"`` or ``"labels"``.
+        hidden: hidden width of both MLPs.
+        z_dim: the generator's noise width.
+        batch_size: real and fake images per node per evaluation of ``F_i``.
+        eval_samples: generated images for the scores.
+        classifier_hidden: the scoring classifier's hidden width.
+        seed: the root seed (split ``data``; init ``minmax/gan_init``; classifier
+            ``minmax/classifier``; scores ``minmax/gan_eval``).
+
+    Returns:
+        The task (float32); ``task.generate(x_bar, m)`` gives ``[m, 8, 8]`` images in
+        ``[0, 1]``.
+
+    References:
+        Salimans et al. (NeurIPS 2016); Heusel et al. (NeurIPS 2017); Liu et al.
+        (NeurIPS 2020) and Barazandeh et al. (arXiv 2106.06075) evaluate by such scores.
+    """
+    from fedsim.data.digits import load_digits
+    from fedsim.seeding import numpy_rng
+
+    for key, value in (("num_nodes", num_nodes), ("hidden", hidden), ("z_dim", z_dim),
+                       ("batch_size", batch_size), ("eval_samples", eval_samples),
+                       ("classifier_hidden", classifier_hidden)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ScenarioError(f"task.{key}", f"must be an integer >= 1, got {value!r}")
+    if split not in ("iid", "labels"):
+        raise ScenarioError("task.split", f"unknown split {split!r}; allowed: iid, labels")
+    raw = load_digits(0.2, numpy_rng(seed, "data"))
+    x_tr = torch.from_numpy(raw.x_train.reshape(len(raw.x_train), 64))
+    y_tr = torch.from_numpy(raw.y_train)
+    x_te = torch.from_numpy(raw.x_test.reshape(len(raw.x_test), 64))
+    n = num_nodes
+    per = len(x_tr) // n
+    if per < 1:
+        raise ScenarioError("task.num_nodes", f"at most {len(x_tr)} nodes for the digits, "
+                            f"got {n}")
+    g_data = torch_generator(seed, "minmax/gan_data")
+    order = (torch.randperm(len(x_tr), generator=g_data) if split == "iid"
+             else torch.argsort(y_tr, stable=True))
+    shards = (x_tr[order[:n * per]] * 2 - 1).reshape(n, per, 64)
+    g_sizes, d_sizes = [z_dim, hidden, hidden, 64], [64, hidden, hidden, 1]
+    d_theta, d_phi = _num_params(g_sizes), _num_params(d_sizes)
+    g_init = torch_generator(seed, "minmax/gan_init")
+    x0 = torch.cat((_init(g_sizes, g_init), _init(d_sizes, g_init)))
+    clf = _train_classifier(x_tr, y_tr, classifier_hidden,
+                            torch_generator(seed, "minmax/classifier"))
+    real_features, _ = _features(clf, x_te, classifier_hidden)
+
+    def fake_images(theta: Tensor, z: Tensor) -> Tensor:
+        return torch.tanh(mlp(theta, g_sizes, z))
+
+    def loss_phi(x: Tensor, shard: Tensor, idx: Tensor, z: Tensor) -> Tensor:
+        fake = fake_images(x[:d_theta], z)
+        d_real = mlp(x[d_theta:], d_sizes, shard[idx])
+        d_fake = mlp(x[d_theta:], d_sizes, fake)
+        return nnf.softplus(-d_real).mean() + nnf.softplus(d_fake).mean()
+
+    def loss_theta(x: Tensor, shard: Tensor, idx: Tensor, z: Tensor) -> Tensor:
+        d_fake = mlp(x[d_theta:], d_sizes, fake_images(x[:d_theta], z))
+        return nnf.softplus(-d_fake).mean()
+
+    def sample(gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, per, (n, batch_size), generator=gen)
+        return idx, torch.randn(n, batch_size, z_dim, generator=gen)
+
+    g_eval = torch_generator(seed, "minmax/gan_eval")
+    eval_batch = sample(g_eval)
+    z_eval = torch.randn(eval_samples, z_dim, generator=g_eval)
+
+    def generate(xbar: Tensor, count: int) -> Tensor:
+        z = z_eval[:count] if count <= eval_samples else torch.randn(count, z_dim)
+        return ((fake_images(xbar[:d_theta].float(), z) + 1) / 2).reshape(-1, 8, 8)
+
+    def evaluate(xbar: Tensor) -> dict[str, float]:
+        images = generate(xbar, eval_samples).reshape(-1, 64)
+        feats, probs = _features(clf, images, classifier_hidden)
+        return {"inception_score": inception_score(probs),
+                "fid": frechet_distance(feats, real_features)}
+
+    return MinMaxTask(name="digits", num_nodes=n, d_theta=d_theta, d_phi=d_phi,
+                      loss=loss_theta, loss_phi=loss_phi, node_data=(shards,), x0=x0,
+                      sample=sample, eval_batch=eval_batch, evaluate=evaluate,
+                      samples_per_call=batch_size, dtype=torch.float32, generate=generate)
+
+
+def save_sample_grid(task: MinMaxTask, xbar: Tensor, path, rows: int = 8) -> None:
+    """A ``rows x rows`` grid of the generator's images at ``x_bar`` as a PNG.
+
+    Args:
+        task: a task with ``generate`` (:func:`digits_gan`).
+        xbar: ``[d]`` the state (the network average).
+        path: the PNG file.
+        rows: images per side.
+
+    References:
+        Goodfellow et al. (NeurIPS 2014).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if task.generate is None:
+        raise ValueError(f"task {task.name!r} generates no images")
+    images = task.generate(xbar, rows * rows).detach().cpu()
+    grid = images.reshape(rows, rows, 8, 8).permute(0, 2, 1, 3).reshape(rows * 8, rows * 8)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -57,6 +57,8 @@ class MinMaxTask:
         evaluate: ``evaluate(x_bar) -> {name: value}``: task metrics at the network average.
         samples_per_call: samples one evaluation of ``F_i`` processes (the clock's work).
         dtype: the dtype of the states.
+        generate: ``generate(x_bar, count) -> samples`` for generative tasks (a GAN's
+            generator at the average state), None for games.
     """
 
     name: str
@@ -74,6 +76,7 @@ class MinMaxTask:
     evaluate: Metrics | None = None
     samples_per_call: int = 1
     dtype: torch.dtype = torch.float64
+    generate: Callable[[Tensor, int], Tensor] | None = None
 
     @property
     def dim(self) -> int:

@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import networkx as nx
@@ -34,11 +35,11 @@ from fedsim.minmax.operator import MinMaxTask, Operator
 from fedsim.minmax.timing import GossipClock, ServerClock
 from fedsim.seeding import torch_generator
 
-TASKS = ("bilinear", "quadratic", "gaussians")
+TASKS = ("bilinear", "quadratic", "gaussians", "digits")
 
 
 def make_task(name: str, num_nodes: int, seed: int = 0, **params: Any) -> MinMaxTask:
-    """A task by name: ``"bilinear"``, ``"quadratic"`` or ``"gaussians"``.
+    """A task by name: ``"bilinear"``, ``"quadratic"``, ``"gaussians"`` or ``"digits"``.
 
     Args:
         name: the task.
@@ -58,10 +59,10 @@ def make_task(name: str, num_nodes: int, seed: int = 0, **params: Any) -> MinMax
     import inspect
 
     from fedsim.minmax.games import bilinear_game, quadratic_game
-    from fedsim.minmax.gan import gaussian_mixture_gan
+    from fedsim.minmax.gan import digits_gan, gaussian_mixture_gan
 
     builders = {"bilinear": bilinear_game, "quadratic": quadratic_game,
-                "gaussians": gaussian_mixture_gan}
+                "gaussians": gaussian_mixture_gan, "digits": digits_gan}
     if name not in builders:
         raise ScenarioError("task.name", f"unknown min-max task {name!r}; allowed: "
                             f"{', '.join(TASKS)}")
@@ -92,7 +93,8 @@ def _row(task: MinMaxTask, op: Operator, X: Tensor, extra: dict) -> dict:
 def run_minmax(task: MinMaxTask, method: Method | str, graph: nx.Graph, iterations: int,
                seed: int = 0, *, network: NetworkConfig | None = None, eval_every: int = 1,
                nbytes: int | None = None, divergence: float = 1e8,
-               method_params: dict | None = None) -> list[dict]:
+               method_params: dict | None = None,
+               on_end: Callable[[Tensor], None] | None = None) -> list[dict]:
     """Play a min-max method on a task over a graph; metric rows vs time and bytes.
 
     Args:
@@ -107,6 +109,7 @@ def run_minmax(task: MinMaxTask, method: Method | str, graph: nx.Graph, iteratio
         nbytes: one state on the wire (None: ``4 d``, float32).
         divergence: stop (``diverged = True``) when a state's norm exceeds this.
         method_params: parameters when ``method`` is a name.
+        on_end: called with the final ``[n, d]`` states (e.g. to draw a GAN's samples).
 
     Returns:
         One dict per evaluation (see the module docstring), the first at iteration 0.
@@ -155,4 +158,6 @@ def run_minmax(task: MinMaxTask, method: Method | str, graph: nx.Graph, iteratio
                     rows.append({**extra, "diverged": True})
                     break
                 rows.append(_row(task, op, X, extra))
+    if on_end is not None:
+        on_end(X)
     return rows
