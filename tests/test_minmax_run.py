@@ -92,6 +92,12 @@ def test_divergence_stops_with_a_flagged_row():
     assert rows[-1]["iteration"] < 10_000
 
 
+def test_server_methods_need_only_the_node_count():
+    rows = run_minmax(bilinear_game(num_nodes=4, dim=2), "adam_server",
+                      nx.empty_graph(4), 3, method_params={"lr": 0.01})
+    assert rows[-1]["bytes"] == 3 * 2 * 4 * 16
+
+
 def test_method_by_name_and_task_by_name():
     task = make_task("quadratic", num_nodes=8, dim=3, mu=1.0)
     rows = run_minmax(task, "extragradient", ring(8), 5, method_params={"lr": 0.05})

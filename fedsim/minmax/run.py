@@ -100,7 +100,8 @@ def run_minmax(task: MinMaxTask, method: Method | str, graph: nx.Graph, iteratio
     Args:
         task: the problem (``task.num_nodes`` must equal the graph's node count).
         method: a method object, or a name for :func:`~fedsim.minmax.methods.make_method`.
-        graph: connected undirected graph, nodes ``0..n-1`` (server methods use only ``n``).
+        graph: connected undirected graph, nodes ``0..n-1`` (server methods use only ``n``,
+            and need no edges).
         iterations: iterations to play (>= 0).
         seed: root seed (minibatches and oracle noise: stream ``minmax/oracle``; compute
             times: ``network/compute``).
@@ -131,7 +132,8 @@ def run_minmax(task: MinMaxTask, method: Method | str, graph: nx.Graph, iteratio
     if graph.number_of_nodes() != n:
         raise ScenarioError("network.topology", f"the graph has {graph.number_of_nodes()} "
                             f"nodes but the task has {n} (one node per graph node)")
-    W = mixing_matrix(graph, task.dtype)
+    # a server averages: the graph only names the nodes (it may be any graph)
+    W = torch.eye(n, dtype=task.dtype) if method.server else mixing_matrix(graph, task.dtype)
     op = Operator(task, torch_generator(seed, "minmax/oracle"))
     clock = (ServerClock(n, network, seed) if method.server
              else GossipClock(graph, network, seed))
