@@ -81,6 +81,10 @@ class AlgorithmConfig:
     # "sr-sgc" | "m-sgc" | "wait-for-all" | "ignore-stragglers", code, s, B, W, lam, jobs,
     # models, mu}; checked by fedsim.coding.spec (docs/gradient_coding.md)
     coding: dict = field(default_factory=dict)
+    # name = "minmax": the decentralized min-max method and its task, {method = "dadam3" |
+    # "dposg" | "gda" | "extragradient" | "adam_server" | ..., lr, beta1, ..., task =
+    # {name = "bilinear" | ..., ...}}; checked by fedsim.minmax.spec (docs/minmax.md)
+    minmax: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from fedsim.data.base import FederatedData
 from fedsim.distributed.trainer import LocalTrainer, RayOptions, Trainer
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.results.records import RoundRecord
-from fedsim.scenario import CODED_ALGORITHMS, DECENTRALIZED_ALGORITHMS
+from fedsim.scenario import CODED_ALGORITHMS, DECENTRALIZED_ALGORITHMS, MINMAX_ALGORITHMS
 from fedsim.seeding import numpy_rng, stream_seed, torch_generator
 
 if TYPE_CHECKING:
@@ -324,6 +324,14 @@ def run_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = None,
 
         return run_coded_scenario(sc, run_dir, base_dir, progress, label, data, model,
                                   metrics, callback, resume, loss)
+    if sc.algorithm.name in MINMAX_ALGORITHMS:  # games and GANs on a graph: fedsim.minmax
+        if ray is not None:
+            raise ScenarioError("algorithm.name", "'minmax' simulates its nodes in this "
+                                "process; run it without --ray")
+        from fedsim.runs.minmax import run_minmax_scenario
+
+        return run_minmax_scenario(sc, run_dir, base_dir, progress, label, data, model,
+                                   metrics, callback, resume, loss)
     from fedsim.runs.loop import RunLoop
 
     metrics = check_metrics(metrics)

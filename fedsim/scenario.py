@@ -41,7 +41,9 @@ DEVICES = ("cpu", "cuda", "auto")
 DECENTRALIZED_ALGORITHMS = ("dsgd", "gossip_sgd", "accelerated_gossip_sgd")
 ASYNC_ALGORITHMS = ("gossip_sgd", "accelerated_gossip_sgd")  # steps at each node's own times
 CODED_ALGORITHMS = ("coded",)  # synchronous distributed GD with gradient coding
-ALGORITHMS = ("fedavg", "fedprox", *DECENTRALIZED_ALGORITHMS, *CODED_ALGORITHMS)
+MINMAX_ALGORITHMS = ("minmax",)  # decentralized min-max games and GANs (fedsim.minmax)
+ALGORITHMS = ("fedavg", "fedprox", *DECENTRALIZED_ALGORITHMS, *CODED_ALGORITHMS,
+              *MINMAX_ALGORITHMS)
 # fields whose value is a whole table (kept as one value when variants are flattened)
 TABLE_FIELDS = ("network.topology_params", "algorithm.aggregator", "algorithm.server_opt",
                 "algorithm.local_opt", "algorithm.compress", "attack.params")
@@ -344,6 +346,7 @@ def validate_scenario(sc: Scenario, base_dir: Path | None = None,
     if a.name in DECENTRALIZED_ALGORITHMS:
         _validate_decentralized(sc, base_dir)
     _validate_coded(sc, base_dir)
+    _validate_minmax(sc, base_dir)
     _validate_aggregator(a.aggregator)
     _validate_server_opt(a)
     _validate_local_opt(a)
@@ -498,6 +501,14 @@ def _validate_coded(sc: Scenario, base_dir: Path) -> None:
     if sc.network.topology != "star":
         raise ScenarioError("network.topology", "coded runs time their workers with "
                                                 "network.delays; allowed: star")
+
+
+def _validate_minmax(sc: Scenario, base_dir: Path) -> None:
+    """``algorithm.name = "minmax"`` (fedsim.minmax.spec): ``[algorithm.minmax]``, a graph,
+    no attack, no privacy, no checkpoints; the table empty for any other algorithm."""
+    from fedsim.minmax.spec import check_minmax
+
+    check_minmax(sc, base_dir)
 
 
 def _validate_aggregator(spec: dict) -> None:
