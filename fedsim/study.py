@@ -170,9 +170,9 @@ def _compare(groups: list[list[Path]], names: list[str], study_dir: Path, title:
     from fedsim.results.plots import compare_table, plot_compare
 
     plot_compare(groups, study_dir / f"compare_accuracy_vs_time.{fmt}", x="sim_time_s",
-                 labels=names, title=f"{title}: accuracy vs simulated time")
+                 labels=names, name=title)
     plot_compare(groups, study_dir / f"compare_accuracy_vs_round.{fmt}", x="round",
-                 labels=names, title=f"{title}: accuracy vs round")
+                 labels=names, name=title)
     table = compare_table(groups, labels=names)
     write_text(study_dir / "compare.md", table + "\n")
     print(table, file=log)

@@ -105,6 +105,11 @@ def test_the_shipped_scenario_compares_the_methods_from_the_cli(tmp_path):
     for name in ("dadam3", "dposg", "extragradient"):
         assert final[name]["dist_to_nash"] < 1e-3, name
     assert final["gda"]["dist_to_nash"] > 1.0  # plain GDA spirals out on a bilinear game
+    # the comparison is scored by the distance to Nash, each run's final value in its row
+    assert "| final dist_to_nash | best dist_to_nash |" in table
+    for name in names:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert float(row.split("|")[3]) == pytest.approx(final[name]["dist_to_nash"], rel=1e-2)
 
 
 def test_a_gan_task_adds_its_own_columns(tmp_path):

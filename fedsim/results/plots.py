@@ -93,6 +93,13 @@ def _setup_parts(run_dir: Path | str) -> list[str] | None:
     doc = _scenario_doc(run_dir)
     if doc is None:
         return None
+    algorithm = doc.get("algorithm", {})
+    if isinstance(algorithm, dict) and algorithm.get("name") == "minmax":  # a game or a GAN
+        minmax = algorithm.get("minmax", {})
+        task = minmax.get("task", {}) if isinstance(minmax, dict) else {}
+        network = doc.get("network", {})
+        return [f"{task.get('name', 'bilinear')} task", str(network.get("topology", "?")),
+                f"{doc.get('rounds', '?')} iterations"]
     data = doc.get("data", {})
     partition = str(data.get("partition", "?"))
     if partition == "dirichlet" and "alpha" in data:
@@ -149,6 +156,30 @@ def setup_lines(run_dirs: Sequence[Path]) -> str:
     """The setup the runs share on a new line (for a title), or ""."""
     setup = _common_setup(run_dirs)
     return f"\n{setup}" if setup else ""
+
+
+# What a run is scored by, in order: test accuracy, else a min-max task's own measure
+# (column, axis label, which of two values is better).
+HEADLINES = (
+    ("test_accuracy", "test accuracy", max),
+    ("dist_to_nash", "distance to Nash ||x_bar - x*||", min),
+    ("fid", "FID in classifier features (lower is better)", min),
+    ("modes_covered", "modes covered", max),
+)
+
+
+def headline(runs: Sequence[list[dict[str, Any]]]) -> tuple[str, str, Any]:
+    """``(column, label, better)``: the first of ``HEADLINES`` some row of ``runs`` has."""
+    for column, label, better in HEADLINES:
+        if any(rec.get(column) is not None for records in runs for rec in records):
+            return column, label, better
+    return HEADLINES[0]
+
+
+def _style_y(ax, column: str, ys: Sequence[float]) -> None:
+    """A log scale for the distance to Nash (it spans many decades)."""
+    if column == "dist_to_nash" and ys and min(ys) > 0:
+        ax.set_yscale("log")
 
 
 def _series(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:
@@ -261,14 +292,16 @@ def _note_if_empty(ax, empty: bool, text: str) -> None:
 
 def _accuracy_plot(records: list[dict[str, Any]], x: str, path: Path, name: str,
                    setup: str | None, ylabel: str) -> Path:
-    """One run's test accuracy against column ``x``, written to ``path``."""
+    """One run's test accuracy (or its ``headline``) against column ``x``, to ``path``."""
+    column, label, _ = headline([records])
     fig, ax = _new_axes()
-    xs, ys = _series(records, x, "test_accuracy")
+    xs, ys = _series(records, x, column)
     _line(ax, xs, ys)
     _note_if_empty(ax, not xs, "no evaluated rounds")
     _style_x(ax, x, max(xs, default=0.0))
-    return _save(fig, ax, path, _title(f"{name}: test accuracy vs {_X_SHORT[x]}", setup),
-                 ylabel)
+    _style_y(ax, column, ys)
+    return _save(fig, ax, path, _title(f"{name}: {label} vs {_X_SHORT[x]}", setup),
+                 ylabel if column == "test_accuracy" else label)
 
 
 def _loss_plot(records: list[dict[str, Any]], path: Path, name: str, setup: str | None,
@@ -413,6 +446,7 @@ def plot_compare(
     x: str = "sim_time_s",
     labels: Sequence[str] | None = None,
     title: str | None = None,
+    name: str | None = None,
 ) -> Path:
     """Overlay the test accuracy of several runs, one line per run, each end marked by a dot.
 
@@ -425,8 +459,10 @@ def plot_compare(
         out_path: the picture to write, its extension the format (parents are created).
         x: the x axis: ``"round"``, ``"sim_time_s"`` or ``"cum_bytes"``.
         labels: legend entries, one per run or group; default each directory's name.
-        title: the plot's title; default "test accuracy vs <x>". The setup the runs
-            share (dataset, partition, clients, rounds) is added below it.
+        title: the plot's title; default "[name: ]<measure> vs <x>", the measure the runs'
+            ``headline`` (test accuracy, or a min-max task's). The setup the runs share
+            (dataset, partition, clients, rounds) is added below it.
+        name: the study's name, at the start of the default title.
 
     Returns:
         ``out_path`` as a Path.
@@ -441,10 +477,13 @@ def plot_compare(
         raise FedsimError("plot_compare: no run directories given")
     groups = _groups(run_dirs)
     names = _labels(groups, labels)
+    records = {d: read_metrics(d) for g in groups for d in g}
+    column, measure, _ = headline(list(records.values()))
     fig, ax = _new_axes()
-    largest = 0.0
+    largest, every_y = 0.0, []
     for group, label in zip(groups, names, strict=True):
-        series = [_series(read_metrics(d), x, "test_accuracy") for d in group]
+        series = [_series(records[d], x, column) for d in group]
+        every_y += [y for _, ys in series for y in ys]
         largest = max([largest] + [max(xs, default=0.0) for xs, _ in series])
         if len(group) == 1:
             xs, ys = series[0]
@@ -459,13 +498,14 @@ def plot_compare(
             ax.plot(xs[-1:], ys[-1:], "o", markersize=6, color=line.get_color())
     ax.legend(fontsize="small")
     _style_x(ax, x, largest)
-    what = title or f"test accuracy vs {_X_SHORT[x]}"
+    _style_y(ax, column, every_y)
+    what = title or f"{name + ': ' if name else ''}{measure} vs {_X_SHORT[x]}"
     note = _seeds_note(groups)
     if note:
         what += f" ({note})"
     every = [d for g in groups for d in g]
     return _save(fig, ax, Path(out_path), _title(what, _common_setup(every)),
-                 _accuracy_label(every))
+                 _accuracy_label(every) if column == "test_accuracy" else measure)
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -483,6 +523,23 @@ def _pm(values: Sequence[Any], fmt: str, text=None) -> str:
     return f"{show(mean)} ± {show(std)}"
 
 
+def _scored(summary: dict[str, Any], records: list[dict[str, Any]], column: str,
+            better) -> dict[str, Any]:
+    """``summary`` with ``final_accuracy``/``best_accuracy`` replaced by the final and best
+    value of ``column`` when the run is scored by another headline than accuracy."""
+    if column == "test_accuracy":
+        return summary
+    values = _values_of(records, column)
+    return {**summary, "final_accuracy": values[-1] if values else None,
+            "best_accuracy": better(values) if values else None}
+
+
+def _values_of(records: list[dict[str, Any]], column: str) -> list[float]:
+    """The finite values of ``column``, in row order."""
+    return [r[column] for r in records
+            if r.get(column) is not None and math.isfinite(r[column])]
+
+
 def compare_table(run_dirs: Sequence[Group], labels: Sequence[str] | None = None) -> str:
     """A Markdown table of several runs' headline numbers (see ``summarize``).
 
@@ -496,7 +553,9 @@ def compare_table(run_dirs: Sequence[Group], labels: Sequence[str] | None = None
 
     Returns:
         The table: run, (seeds,) rounds, final acc, best acc, simulated time (s),
-        total bytes (SI units), stragglers, dropped; no trailing newline.
+        total bytes (SI units), stragglers, dropped; no trailing newline. Runs scored by
+        another ``headline`` (a min-max task's) give its final and best value instead of
+        the accuracy's, under the column's name.
 
     Raises:
         FedsimError: wrong number of labels, or a missing run directory / metrics.csv.
@@ -504,20 +563,24 @@ def compare_table(run_dirs: Sequence[Group], labels: Sequence[str] | None = None
     groups = _groups(run_dirs)
     seeds = any(len(g) > 1 for g in groups)
     head = "| run | seeds " if seeds else "| run "
+    records = {d: read_metrics(d) for g in groups for d in g}
+    column, _, better = headline(list(records.values()))
+    short = "acc" if column == "test_accuracy" else column
+    score = ".4f" if column == "test_accuracy" else ".3g"  # distances span many decades
     lines = [
-        head + "| rounds | final acc | best acc | simulated time (s) | total bytes "
+        head + f"| rounds | final {short} | best {short} | simulated time (s) | total bytes "
         "| stragglers | dropped |",
         "|---|" + ("---:|" * (8 if seeds else 7)),
     ]
     for group, label in zip(groups, _labels(groups, labels), strict=True):
-        sums = [summarize(read_metrics(d)) for d in group]
+        sums = [_scored(summarize(records[d]), records[d], column, better) for d in group]
         cells = [label.replace("|", "\\|")] + ([str(len(group))] if seeds else [])
         if len(group) == 1:
             s = sums[0]
             cells += [
                 str(s["rounds"]),
-                _cell(s["final_accuracy"], ".4f"),
-                _cell(s["best_accuracy"], ".4f"),
+                _cell(s["final_accuracy"], score),
+                _cell(s["best_accuracy"], score),
                 _cell(s["sim_time_s"], ".1f"),
                 format_bytes(s["total_bytes"]),
                 str(s["total_stragglers"]),
@@ -527,8 +590,8 @@ def compare_table(run_dirs: Sequence[Group], labels: Sequence[str] | None = None
             rounds = {s["rounds"] for s in sums}
             cells += [
                 str(rounds.pop()) if len(rounds) == 1 else _pm([s["rounds"] for s in sums], ".1f"),
-                _pm([s["final_accuracy"] for s in sums], ".4f"),
-                _pm([s["best_accuracy"] for s in sums], ".4f"),
+                _pm([s["final_accuracy"] for s in sums], score),
+                _pm([s["best_accuracy"] for s in sums], score),
                 _pm([s["sim_time_s"] for s in sums], ".1f"),
                 _pm([s["total_bytes"] for s in sums], "", text=format_bytes),
                 _pm([s["total_stragglers"] for s in sums], ".1f"),
