@@ -55,9 +55,12 @@ def test_target_epsilon_picks_the_noise(tmp_path):
 
 
 def test_budget_stops_the_run_cleanly(tmp_path):
-    res = _run(tmp_path, "budget", rounds=20,
-               privacy={"mode": "central", "noise_multiplier": 1.0, "delta": 1e-4,
-                        "max_epsilon": 3.0})
+    from fedsim.divergence import FedsimWarning
+
+    with pytest.warns(FedsimWarning, match=r"stopped before round \d+: round \d+ would spend"):
+        res = _run(tmp_path, "budget", rounds=20,
+                   privacy={"mode": "central", "noise_multiplier": 1.0, "delta": 1e-4,
+                            "max_epsilon": 3.0})
     rows = read_metrics(res.run_dir)
     n = len(rows)
     assert 1 <= n < 20 and res.summary["rounds_completed"] == n
