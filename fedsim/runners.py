@@ -474,15 +474,7 @@ class FederatedRun:
         train_wall = time.perf_counter() - t0 - agg_wall
         self._check_finite(rnd)
         t0 = time.perf_counter()
-        test_loss = test_acc = None
-        if rnd % sc.eval_every == 0 or rnd == sc.rounds:
-            test_loss, test_acc = self.pop.evaluate(self.params, self.x_test, self.y_test,
-                                                    buffers=self.eval_buffers())
-            self.last_metrics = self.user_metrics(self.params, self.eval_buffers(),
-                                                  self.x_test, self.y_test)
-            self.final_metrics = self.last_metrics or self.final_metrics
-        else:
-            self.last_metrics = {}
+        test_loss, test_acc = self.evaluate_round(rnd)
         eval_wall = time.perf_counter() - t0
         record = RoundRecord(
             round=rnd, sim_time_s=sched.end_s, round_time_s=sched.duration_s,
@@ -495,6 +487,19 @@ class FederatedRun:
         )
         return record, {"train_wall_s": train_wall, "aggregate_wall_s": agg_wall,
                         "eval_wall_s": eval_wall}
+
+    def evaluate_round(self, rnd: int) -> tuple[float | None, float | None]:
+        """Test loss and accuracy on evaluation rounds (None, None otherwise); sets the metrics."""
+        sc = self.sc
+        if rnd % sc.eval_every == 0 or rnd == sc.rounds:
+            test_loss, test_acc = self.pop.evaluate(self.params, self.x_test, self.y_test,
+                                                    buffers=self.eval_buffers())
+            self.last_metrics = self.user_metrics(self.params, self.eval_buffers(),
+                                                  self.x_test, self.y_test)
+            self.final_metrics = self.last_metrics or self.final_metrics
+            return test_loss, test_acc
+        self.last_metrics = {}
+        return None, None
 
     def _update(self, rnd: int, done: list[int]) -> tuple[float, float]:
         """Train the reporting clients, run the uplink, attack, aggregate; (loss, agg wall s)."""

@@ -483,6 +483,16 @@ def _validate_decentralized(sc: Scenario, base_dir: Path) -> None:
                                      f"{float(np.min(sps)):g}")
 
 
+def reject_attack_and_privacy(sc: Scenario, runs: str) -> None:
+    """Raise unless ``sc`` has no attack and no privacy (``runs`` supports neither)."""
+    if sc.attack.name != "none":
+        raise ScenarioError("attack.name", f"attacks are not supported with {runs}; "
+                                           "allowed: none")
+    if sc.privacy.mode != "none":
+        raise ScenarioError("privacy.mode", f"privacy is not supported with {runs}; "
+                                            "allowed: none")
+
+
 def _validate_coded(sc: Scenario, base_dir: Path) -> None:
     """``algorithm.name = "coded"`` (fedsim.coding.spec): the coding and delay tables, no
     attack, no privacy, a star network; both tables empty for any other algorithm."""
@@ -492,12 +502,7 @@ def _validate_coded(sc: Scenario, base_dir: Path) -> None:
                 sc.data.num_clients, sc.rounds, base_dir)
     if sc.algorithm.name not in CODED_ALGORITHMS:
         return
-    if sc.attack.name != "none":
-        raise ScenarioError("attack.name", "attacks are not supported with coded; "
-                                           "allowed: none")
-    if sc.privacy.mode != "none":
-        raise ScenarioError("privacy.mode", "privacy is not supported with coded; "
-                                            "allowed: none")
+    reject_attack_and_privacy(sc, "coded")
     if sc.network.topology != "star":
         raise ScenarioError("network.topology", "coded runs time their workers with "
                                                 "network.delays; allowed: star")

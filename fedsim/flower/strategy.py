@@ -290,17 +290,9 @@ class FedsimStrategy(Strategy):
         """The round's row (the clock's times; real counts) and the evaluation's wall time."""
         from fedsim.results.records import RoundRecord
 
-        run, sc, rnd = self.run, self.run.sc, p.rnd
+        run, rnd = self.run, p.rnd
         t0 = time.perf_counter()
-        test_loss = test_acc = None
-        if rnd % sc.eval_every == 0 or rnd == sc.rounds:
-            test_loss, test_acc = run.pop.evaluate(run.params, run.x_test, run.y_test,
-                                                   buffers=run.eval_buffers())
-            run.last_metrics = run.user_metrics(run.params, run.eval_buffers(),
-                                                run.x_test, run.y_test)
-            run.final_metrics = run.last_metrics or run.final_metrics
-        else:
-            run.last_metrics = {}
+        test_loss, test_acc = run.evaluate_round(rnd)
         missing = len(p.done) - len(kept)
         bytes_up = max(0, int(p.sched.bytes_up) - missing * int(run.bytes_up))
         cum = self.loop.cum_bytes if self.loop is not None else 0

@@ -28,6 +28,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as nnf
@@ -115,6 +116,21 @@ def mode_metrics(samples: Tensor, centers: Tensor, std: float,
     return {"modes_covered": float(covered), "high_quality": float(good.float().mean())}
 
 
+def _sampling(seed: int, n: int, per_node: int, batch: int, z_dim: int, eval_samples: int
+              ) -> tuple[Callable[[torch.Generator], tuple[Tensor, Tensor]],
+                         tuple[Tensor, Tensor], Tensor]:
+    """A GAN task's ``sample`` (per node: ``batch`` shard indices and latents), its fixed
+    evaluation batch, and ``eval_samples`` evaluation latents (both from the eval stream)."""
+
+    def sample(gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, per_node, (n, batch), generator=gen)
+        return idx, torch.randn(n, batch, z_dim, generator=gen)
+
+    g_eval = torch_generator(seed, "minmax/gan_eval")
+    eval_batch = sample(g_eval)
+    return sample, eval_batch, torch.randn(eval_samples, z_dim, generator=g_eval)
+
+
 def gaussian_mixture_gan(num_nodes: int = 9, modes: int = 8, radius: float = 2.0,
                          std: float = 0.1, samples_per_node: int = 512, split: str = "iid",
                          hidden: int = 64, z_dim: int = 4, batch_size: int = 64,
@@ -189,13 +205,7 @@ def gaussian_mixture_gan(num_nodes: int = 9, modes: int = 8, radius: float = 2.0
             return -nnf.softplus(d_fake).mean()
         return nnf.softplus(-d_fake).mean()
 
-    def sample(gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        idx = torch.randint(0, samples_per_node, (n, B), generator=gen)
-        return idx, torch.randn(n, B, z_dim, generator=gen)
-
-    g_eval = torch_generator(seed, "minmax/gan_eval")
-    eval_batch = sample(g_eval)
-    z_eval = torch.randn(eval_samples, z_dim, generator=g_eval)
+    sample, eval_batch, z_eval = _sampling(seed, n, samples_per_node, B, z_dim, eval_samples)
 
     def evaluate(xbar: Tensor) -> dict[str, float]:
         fake = mlp(xbar[:d_theta].float(), g_sizes, z_eval)
@@ -348,13 +358,7 @@ def digits_gan(num_nodes: int = 8, split: str = "iid", hidden: int = 128, z_dim:
         d_fake = mlp(x[d_theta:], d_sizes, fake_images(x[:d_theta], z))
         return nnf.softplus(-d_fake).mean()
 
-    def sample(gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        idx = torch.randint(0, per, (n, batch_size), generator=gen)
-        return idx, torch.randn(n, batch_size, z_dim, generator=gen)
-
-    g_eval = torch_generator(seed, "minmax/gan_eval")
-    eval_batch = sample(g_eval)
-    z_eval = torch.randn(eval_samples, z_dim, generator=g_eval)
+    sample, eval_batch, z_eval = _sampling(seed, n, per, batch_size, z_dim, eval_samples)
 
     def generate(xbar: Tensor, count: int) -> Tensor:
         z = z_eval[:count] if count <= eval_samples else torch.randn(count, z_dim)

@@ -419,8 +419,34 @@ class DPOSG:
         return gossip(X - self.lr * G, W, self.gossip_steps)
 
 
+class _StatelessGossip:
+    """What the stateless gossip baselines share: checks, ``comm_rounds``, the mixed step."""
+
+    server = False
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        _check_steps(self.gossip_steps)
+        _check_choice("mix", self.mix, ("before", "after"))
+
+    @property
+    def comm_rounds(self) -> int:
+        """``gossip_steps``."""
+        return self.gossip_steps
+
+    def init(self, X: Tensor) -> dict:
+        """Stateless."""
+        return {}
+
+    def _mixed_step(self, X: Tensor, G: Tensor, W: Tensor) -> Tensor:
+        """``X - lr G`` with gossip before (``mix = "before"``) or after the step."""
+        if self.mix == "before":
+            return gossip(X, W, self.gossip_steps) - self.lr * G
+        return gossip(X - self.lr * G, W, self.gossip_steps)
+
+
 @dataclass(frozen=True)
-class DecentralizedGDA:
+class DecentralizedGDA(_StatelessGossip):
     """Decentralized simultaneous gradient descent-ascent.
 
     ``x_i <- sum_j (W^k)_ij (x_j - lr F_j(x_j))`` (``mix = "after"``), or
@@ -436,32 +462,13 @@ class DecentralizedGDA:
     gossip_steps: int = 1
     mix: str = "after"
 
-    def __post_init__(self) -> None:
-        _check_lr(self.lr)
-        _check_steps(self.gossip_steps)
-        _check_choice("mix", self.mix, ("before", "after"))
-
-    server = False
-
-    @property
-    def comm_rounds(self) -> int:
-        """``gossip_steps``."""
-        return self.gossip_steps
-
-    def init(self, X: Tensor) -> dict:
-        """Stateless."""
-        return {}
-
     def step(self, X: Tensor, st: dict, F: Oracle, W: Tensor) -> Tensor:
         """One GDA iteration."""
-        G = F(X)
-        if self.mix == "before":
-            return gossip(X, W, self.gossip_steps) - self.lr * G
-        return gossip(X - self.lr * G, W, self.gossip_steps)
+        return self._mixed_step(X, F(X), W)
 
 
 @dataclass(frozen=True)
-class DecentralizedExtragradient:
+class DecentralizedExtragradient(_StatelessGossip):
     """Decentralized extragradient: a local lookahead, then the step from it, then gossip.
 
     ``z_i = x_i - lr F_i(x_i)``; ``x_i <- sum_j (W^k)_ij (x_j - lr F_j(z_j))``
@@ -479,29 +486,10 @@ class DecentralizedExtragradient:
     gossip_steps: int = 1
     mix: str = "after"
 
-    def __post_init__(self) -> None:
-        _check_lr(self.lr)
-        _check_steps(self.gossip_steps)
-        _check_choice("mix", self.mix, ("before", "after"))
-
-    server = False
-
-    @property
-    def comm_rounds(self) -> int:
-        """``gossip_steps``."""
-        return self.gossip_steps
-
-    def init(self, X: Tensor) -> dict:
-        """Stateless."""
-        return {}
-
     def step(self, X: Tensor, st: dict, F: Oracle, W: Tensor) -> Tensor:
         """One extragradient iteration."""
         Z = X - self.lr * F(X)
-        G = F(Z)
-        if self.mix == "before":
-            return gossip(X, W, self.gossip_steps) - self.lr * G
-        return gossip(X - self.lr * G, W, self.gossip_steps)
+        return self._mixed_step(X, F(Z), W)
 
 
 # ------------------------------------------------------------------ by name

@@ -146,6 +146,8 @@ def check_minmax(sc, base_dir=None) -> None:
     """
     import inspect
 
+    from fedsim.scenario import reject_attack_and_privacy
+
     a = sc.algorithm
     table = getattr(a, "minmax", {})
     if a.name != "minmax":
@@ -175,9 +177,4 @@ def check_minmax(sc, base_dir=None) -> None:
     if sc.checkpoint_every:
         raise ScenarioError("checkpoint_every", "minmax runs are not checkpointed (they are "
                                                 "short); allowed: 0")
-    if sc.attack.name != "none":
-        raise ScenarioError("attack.name", "attacks are not supported with minmax; "
-                                           "allowed: none")
-    if sc.privacy.mode != "none":
-        raise ScenarioError("privacy.mode", "privacy is not supported with minmax; "
-                                            "allowed: none")
+    reject_attack_and_privacy(sc, "minmax")

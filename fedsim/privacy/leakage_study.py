@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -121,17 +121,24 @@ def _int(part: str, flag: str) -> int:
         raise ScenarioError(flag, f"{part!r} is not an integer") from None
 
 
+def _parse_each(text: str, flag: str, convert: Callable[[str, str], Any],
+                valid: Callable[[Any], bool], message: str) -> tuple:
+    """``text``'s comma-separated values, converted; ``message.format(v)`` names a bad one."""
+    values = tuple(convert(p, flag) for p in _items(text, flag))
+    for v in values:
+        if not valid(v):
+            raise ScenarioError(flag, message.format(v))
+    return values
+
+
 def parse_ratios(text: str) -> tuple[float, ...]:
     """``"1,0.1,0.02"`` -> sketch widths ``b/d``, each in ``(0, 1]``.
 
     Raises:
         ScenarioError: naming ``--ratios``.
     """
-    values = tuple(_float(p, "--ratios") for p in _items(text, "--ratios"))
-    for v in values:
-        if not 0 < v <= 1:
-            raise ScenarioError("--ratios", f"each b/d must be in (0, 1], got {v:g}")
-    return values
+    return _parse_each(text, "--ratios", _float, lambda v: 0 < v <= 1,
+                       "each b/d must be in (0, 1], got {:g}")
 
 
 def parse_noise(text: str) -> tuple[float, ...]:
@@ -140,11 +147,8 @@ def parse_noise(text: str) -> tuple[float, ...]:
     Raises:
         ScenarioError: naming ``--noise``.
     """
-    values = tuple(_float(p, "--noise") for p in _items(text, "--noise"))
-    for v in values:
-        if v < 0:
-            raise ScenarioError("--noise", f"each std must be >= 0, got {v:g}")
-    return values
+    return _parse_each(text, "--noise", _float, lambda v: v >= 0,
+                       "each std must be >= 0, got {:g}")
 
 
 def parse_attacks(text: str) -> tuple[str, ...]:
@@ -167,11 +171,7 @@ def parse_steps(text: str) -> tuple[int, ...]:
     Raises:
         ScenarioError: naming ``--steps``.
     """
-    values = tuple(_int(p, "--steps") for p in _items(text, "--steps"))
-    for v in values:
-        if v < 1:
-            raise ScenarioError("--steps", f"each K must be >= 1, got {v}")
-    return values
+    return _parse_each(text, "--steps", _int, lambda v: v >= 1, "each K must be >= 1, got {}")
 
 
 def parse_iterations(text: str, attacks: Sequence[str]) -> dict[str, int]:

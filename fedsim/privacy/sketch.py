@@ -406,36 +406,44 @@ class SRHTSketch(Sketch):
         signs, offsets, coef = self._cache[1]
         return signs, offsets, coef
 
-    def _sketch(self, x: Tensor) -> Tensor:
-        m, n, g = x.shape[0], self.padded, 1 << self.gather_bits
-        signs, offsets, coef = self._consts(x)
-        out = torch.empty(m, self.b, dtype=x.dtype, device=x.device)  # [m, b]
+    def _chunked(self, x: Tensor, width: int
+                 ) -> tuple[Tensor, Iterator[tuple[slice, Tensor, Tensor]]]:
+        """``out`` ``[m, width]``, and per chunk of ``x``'s rows ``(rows, src, dst)``: two
+        ``[k, d']`` work buffers."""
+        m, n = x.shape[0], self.padded
+        out = torch.empty(m, width, dtype=x.dtype, device=x.device)
         chunk = _chunk_rows(n, x.dtype)
         buffers = torch.empty(2, min(chunk, m), n, dtype=x.dtype, device=x.device)
-        for start in range(0, m, chunk):
-            k = min(chunk, m - start)
-            src, dst = buffers[0, :k], buffers[1, :k]  # [k, d'] each
-            torch.mul(x[start : start + k], signs, out=src[:, : self.d])
+
+        def chunks() -> Iterator[tuple[slice, Tensor, Tensor]]:
+            for start in range(0, m, chunk):
+                k = min(chunk, m - start)
+                yield slice(start, start + k), buffers[0, :k], buffers[1, :k]
+
+        return out, chunks()
+
+    def _sketch(self, x: Tensor) -> Tensor:
+        g, low = 1 << self.gather_bits, self.padded.bit_length() - 1 - self.gather_bits
+        signs, offsets, coef = self._consts(x)
+        out, chunks = self._chunked(x, self.b)  # [m, b]
+        for rows, src, dst in chunks:
+            torch.mul(x[rows], signs, out=src[:, : self.d])
             src[:, self.d :].zero_()
-            z = _fwht_low(src, dst, n.bit_length() - 1 - self.gather_bits)
-            picked = z.view(k, g, self.block).index_select(2, offsets)  # [k, 2^s, b]
-            torch.sum(picked.mul_(coef), dim=1, out=out[start : start + k])
+            z = _fwht_low(src, dst, low)
+            picked = z.view(-1, g, self.block).index_select(2, offsets)  # [k, 2^s, b]
+            torch.sum(picked.mul_(coef), dim=1, out=out[rows])
         return out
 
     def _desketch(self, y: Tensor) -> Tensor:
-        m, n, g = y.shape[0], self.padded, 1 << self.gather_bits
+        g, low = 1 << self.gather_bits, self.padded.bit_length() - 1 - self.gather_bits
         signs, offsets, coef = self._consts(y)
-        out = torch.empty(m, self.d, dtype=y.dtype, device=y.device)  # [m, d]
-        chunk = _chunk_rows(n, y.dtype)
-        buffers = torch.empty(2, min(chunk, m), n, dtype=y.dtype, device=y.device)
-        for start in range(0, m, chunk):
-            k = min(chunk, m - start)
-            src, dst = buffers[0, :k], buffers[1, :k]  # [k, d'] each
+        out, chunks = self._chunked(y, self.d)  # [m, d]
+        for rows, src, dst in chunks:
             src.zero_()
-            spread = coef * y[start : start + k, None, :]  # [k, 2^s, b]
-            src.view(k, g, self.block).index_add_(2, offsets, spread)
-            z = _fwht_low(src, dst, n.bit_length() - 1 - self.gather_bits)
-            torch.mul(z[:, : self.d], signs, out=out[start : start + k])
+            spread = coef * y[rows, None, :]  # [k, 2^s, b]
+            src.view(-1, g, self.block).index_add_(2, offsets, spread)
+            z = _fwht_low(src, dst, low)
+            torch.mul(z[:, : self.d], signs, out=out[rows])
         return out
 
 
