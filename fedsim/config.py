@@ -150,6 +150,9 @@ class PrivacyConfig:
     delta: float = 1e-5
     accountant: str = "rdp"  # rdp | prv (opacus' accountants)
     max_epsilon: float = 0.0  # > 0: stop (results kept) before a round would exceed it
+    # with a sketch: does the attacker know R_t ("known") or not ("secret")? The mechanism
+    # and epsilon are the same (no amplification by a secret sketch is claimed)
+    sketch_threat: str = "known"
 
 
 @dataclass(frozen=True)

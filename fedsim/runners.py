@@ -652,7 +652,8 @@ class FederatedRun:
         if self.stopped is not None:
             out["stopped"] = self.stopped
         if self.privacy is not None:
-            out["privacy"] = self.privacy.summary(rounds_done)
+            sketched = self.sc.algorithm.compress.get("name", "none") in ("sketch", "fetchsgd")
+            out["privacy"] = self.privacy.summary(rounds_done, sketched)
         if self.backdoor_test is not None:
             _, out["backdoor_success"] = self.pop.evaluate(self.params, *self.backdoor_test,
                                                            buffers=self.eval_buffers())

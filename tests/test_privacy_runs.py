@@ -115,6 +115,20 @@ def test_central_dp_on_a_sketch_sends_the_sketch(tmp_path):
     assert rows[0]["bytes_up"] == rows[0]["bytes_down"] == 10 * 4 * 64
 
 
+@pytest.mark.parametrize("threat", ["known", "secret"])
+def test_the_sketch_threat_model_is_stated_and_changes_no_epsilon(tmp_path, threat):
+    sketched = _run(tmp_path, threat, privacy={"mode": "central", "sketch_threat": threat},
+                    algorithm={"lr": 0.1, "compress": {"name": "sketch", "b": 64}})
+    plain = _run(tmp_path, "plain", privacy={"mode": "central"})
+    p = sketched.summary["privacy"]
+    assert p["sketch_threat"] == threat and p["epsilon_valid_if_attacker_knows_sketch"]
+    assert p["epsilon"] == plain.summary["privacy"]["epsilon"]  # no amplification taken
+    assert ("amplification_by_secret_sketch" in p) == (threat == "secret")
+    assert "sketch_threat" not in plain.summary["privacy"]  # nothing sketched, nothing to say
+    if threat == "secret":
+        assert p["amplification_by_secret_sketch"].startswith("none claimed")
+
+
 @pytest.mark.parametrize(("compress", "up", "down"), [
     ({"name": "topk", "k": 50}, 8 * 50, 4 * D),
     ({"name": "fetchsgd", "rows": 5, "cols": 40, "k": 30}, 4 * 200, 8 * 30),
@@ -135,6 +149,8 @@ def test_compressed_runs_count_their_bytes(tmp_path, compress, up, down):
     ({"privacy": {"mode": "local", "noise_multiplier": -1.0}}, r"^privacy\.noise_multiplier: "),
     ({"privacy": {"mode": "sometimes"}}, r"^privacy\.mode: unknown value 'sometimes'"),
     ({"privacy": {"mode": "central", "accountant": "gdp"}}, r"^privacy\.accountant: "),
+    ({"privacy": {"mode": "central", "sketch_threat": "maybe"}},
+     r"^privacy\.sketch_threat: unknown value 'maybe'; allowed: known, secret"),
     ({"privacy": {"mode": "central", "target_epsilon": 1e-9}}, r"^privacy\.target_epsilon: "),
     ({"privacy": {"mode": "central"}, "algorithm": {"aggregator": {"name": "gm"}}},
      r"^algorithm\.aggregator\.name: must be 'mean' with privacy\.mode = 'central'"),

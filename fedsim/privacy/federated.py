@@ -48,6 +48,11 @@ from fedsim.privacy.dp import central_noise, clip_rows, local_noise
 from fedsim.stages.base import ServerStage, Stage, chain, server_chain
 
 MODES = ("none", "central", "local", "sample")
+SKETCH_THREATS = ("known", "secret")
+# what summary.json says of a secret sketch: the epsilon reported takes no credit for it
+NO_AMPLIFICATION = ("none claimed: no theorem covers amplification by a secret sketch for "
+                    "this mechanism and adjacency (Blocki et al., FOCS 2012, bound the JL "
+                    "transform for other queries); epsilon is computed as if R_t were known")
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -142,9 +147,16 @@ class ClientPrivacy:
             return True
         return self.epsilon(next_round - 1, extra=1) <= self.cfg.max_epsilon
 
-    def summary(self, rounds_done: int) -> dict:
-        """The privacy facts of the run for summary.json."""
-        return {"mode": self.cfg.mode, "clip": self.cfg.clip,
+    def summary(self, rounds_done: int, sketched: bool = False) -> dict:
+        """The privacy facts of the run for summary.json (``sketched``: the run sends
+        sketches, so the threat model with respect to ``R_t`` is stated)."""
+        threat = {}
+        if sketched:
+            threat = {"sketch_threat": self.cfg.sketch_threat,
+                      "epsilon_valid_if_attacker_knows_sketch": True}
+            if self.cfg.sketch_threat == "secret":
+                threat["amplification_by_secret_sketch"] = NO_AMPLIFICATION
+        return {**threat, "mode": self.cfg.mode, "clip": self.cfg.clip,
                 "noise_multiplier": self.noise_multiplier, "delta": self.cfg.delta,
                 "accountant": self.cfg.accountant,
                 "sample_rate": (float(self.client_q.max()) if self.cfg.mode == "sample"

@@ -7,7 +7,7 @@ import math
 
 from fedsim.config import Scenario
 from fedsim.errors import ScenarioError
-from fedsim.privacy.federated import ACCOUNTANTS, MODES
+from fedsim.privacy.federated import ACCOUNTANTS, MODES, SKETCH_THREATS
 
 LINEAR_NEEDED = "the aggregate must be the mean of the rows"
 
@@ -42,6 +42,9 @@ def validate_privacy(sc: Scenario, decentralized: bool) -> None:
         raise ScenarioError("algorithm.server_opt.name", "must be 'sgd' with compress "
                                                          "'fetchsgd' (its momentum lives in the "
                                                          "sketch, on the server)")
+    if p.sketch_threat not in SKETCH_THREATS:
+        raise ScenarioError("privacy.sketch_threat", f"unknown value {p.sketch_threat!r}; "
+                                                     f"allowed: {', '.join(SKETCH_THREATS)}")
     if p.mode == "none":
         return
     check_clip(p.clip)
