@@ -45,7 +45,7 @@ from fedsim.coding import (
     play_schedule,
     srsgc_s,
 )
-from fedsim.coding.stragglers import burst_delays
+from fedsim.network.stragglers import burst_delays
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 N, JOBS, SEC_PER_GRAD, MU = 256, 80, 2.2, 1.0

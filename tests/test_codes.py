@@ -164,6 +164,6 @@ def test_load_linear_and_trace(tmp_path):
 
 def test_numpy_modules_never_import_torch():
     code = ("import sys; import fedsim.coding, fedsim.coding.sequential, "
-            "fedsim.coding.baselines, fedsim.coding.stragglers, fedsim.coding.codes; "
+            "fedsim.coding.baselines, fedsim.network.stragglers, fedsim.coding.codes; "
             "sys.exit(3 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -2,7 +2,7 @@
 
 - :mod:`fedsim.coding.codes`: FRC and CRC encoding matrices, the per-round decode
   ``B_F^T a = 1`` and its conditioning (Tandon et al., ICML 2017).
-- :mod:`fedsim.coding.stragglers`: the ``mu`` straggler rule, round durations, the
+- :mod:`fedsim.network.stragglers`: the ``mu`` straggler rule, round durations, the
   ``(B, W, lambda)``-bursty model and worker delay profiles (Krishnan et al., ICLR 2023).
 - :mod:`fedsim.coding.sequential`: round-by-round schedules as state machines: GC,
   SR-SGC, M-SGC; :func:`play_schedule` plays one on a delay profile without tensors.
@@ -42,7 +42,7 @@ from fedsim.coding.sequential import (
     play_schedule,
     srsgc_s,
 )
-from fedsim.coding.stragglers import (
+from fedsim.network.stragglers import (
     AtMostS,
     BurstyModel,
     StragglerModel,

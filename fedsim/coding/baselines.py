@@ -27,8 +27,8 @@ from fedsim.coding.sequential import (
     Scheme,
     Task,
 )
-from fedsim.coding.stragglers import AtMostS
 from fedsim.errors import ScenarioError
+from fedsim.network.stragglers import AtMostS
 
 
 def wait_for_all(n: int, jobs: int) -> GradientCodingScheme:

@@ -9,7 +9,7 @@ master runs once per round:
    gradients sum to the job's full gradient; ``scheme.fractions[p]`` is piece ``p``'s
    share of the data set);
 2. the clock decides who straggles (:meth:`Scheme.clock`: the ``mu`` rule and the scheme's
-   straggler model, :mod:`fedsim.coding.stragglers`);
+   straggler model, :mod:`fedsim.network.stragglers`);
 3. ``decodes = scheme.receive(r, stragglers)``: the results of the non-stragglers arrive;
    every job that became decodable is returned as a :class:`JobDecode` (which task results
    to add with which weights). A job not decodable by its deadline raises
@@ -47,14 +47,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedsim.coding.codes import DecodeError, GradientCode, check_code_params, make_code
-from fedsim.coding.stragglers import (
+from fedsim.errors import ScenarioError
+from fedsim.network.stragglers import (
     AtMostS,
     BurstyModel,
     StragglerModel,
     round_duration,
     straggler_mask,
 )
-from fedsim.errors import ScenarioError
 
 _KEY = "algorithm.coding"
 

@@ -193,17 +193,17 @@ def build_delays(spec: DelaySpec, n: int, rounds: int, load: float,
         ScenarioError: ``network.delays.trace`` unreadable or of the wrong shape;
             ``rounds`` when ``n x rounds`` is too large to hold.
     """
-    from fedsim.coding.stragglers import (
+    from fedsim.network.compute import (
+        ConstantCompute,
+        LognormalCompute,
+        ShiftedExponentialCompute,
+    )
+    from fedsim.network.stragglers import (
         burst_delays,
         compute_model_delays,
         gilbert_elliott_delays,
         load_linear,
         read_delay_trace,
-    )
-    from fedsim.network.compute import (
-        ConstantCompute,
-        LognormalCompute,
-        ShiftedExponentialCompute,
     )
 
     if n * rounds > MAX_WORKERS_ROUNDS:

@@ -38,8 +38,8 @@ from torch.func import grad
 
 from fedsim.coding import make_scheme
 from fedsim.coding.sequential import Scheme
-from fedsim.coding.stragglers import gilbert_elliott_delays, load_linear
 from fedsim.errors import ScenarioError
+from fedsim.network.stragglers import gilbert_elliott_delays, load_linear
 from fedsim.seeding import numpy_rng, torch_generator
 
 MODELS = ("logreg", "mlp")
