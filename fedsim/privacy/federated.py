@@ -79,6 +79,7 @@ class ClientPrivacy:
                                  noise_for_target(cfg.target_epsilon, self._q(), rounds,
                                                   cfg.delta, cfg.accountant))
         self.participation = np.zeros(num_clients, dtype=np.int64)
+        self._eps_cache: dict[tuple[float, float, int], float] = {}
         if cfg.mode == "sample":  # each client's DP-SGD: sample rate and steps per round
             n = np.maximum(np.asarray(sizes if sizes is not None else np.ones(num_clients),
                                       dtype=np.int64), 1)
@@ -122,7 +123,7 @@ class ClientPrivacy:
         steps += extra
         if steps == 0:
             return 0.0
-        return epsilon(self.cfg.accountant, self._z(), self._q(), steps, self.cfg.delta)
+        return self._epsilon(self._z(), self._q(), steps)
 
     def _sample_epsilon(self, extra: int) -> float:
         """The largest DP-SGD epsilon over the clients (``extra`` more rounds each)."""
@@ -132,9 +133,17 @@ class ClientPrivacy:
                  zip(self.client_q[rounds > 0], (rounds * self.client_steps)[rounds > 0],
                      strict=True)}
         for q, steps in pairs:
-            worst = max(worst, epsilon(self.cfg.accountant, self.noise_multiplier, q, steps,
-                                       self.cfg.delta))
+            worst = max(worst, self._epsilon(self.noise_multiplier, q, steps))
         return worst
+
+    def _epsilon(self, z: float, q: float, steps: int) -> float:
+        """opacus' epsilon for ``steps`` releases at ``(z, q)``, remembered: a round asks for
+        the same value twice (its column, and the budget check of the next round), and a
+        PRV accountant takes a fraction of a second per call."""
+        key = (z, q, steps)
+        if key not in self._eps_cache:
+            self._eps_cache[key] = epsilon(self.cfg.accountant, z, q, steps, self.cfg.delta)
+        return self._eps_cache[key]
 
     def record(self, senders: np.ndarray) -> None:
         """The clients whose rows were released this round."""
