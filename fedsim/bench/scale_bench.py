@@ -77,14 +77,13 @@ def _run(args: argparse.Namespace, log: TextIO) -> dict:
     warm_s, _ = common.timed(_warm_up)
     data_s, data = common.timed(lambda: workload.make_data(w))
     sc = dataclasses.replace(workload.scenario(w), clients_per_round=args.cohort)
-    rss_before = _rss_mb()
-
     from fedsim.bench.limit_bench import Probe, patched_runner
     from fedsim.runners import run_scenario
 
     probe = Probe()
     with _RssSampler() as sampler, patched_runner(probe), \
             tempfile.TemporaryDirectory(prefix="fedsim_scale_") as tmp:
+        rss_before = sampler.start_mb
         t0 = time.perf_counter()
         result = run_scenario(sc, tmp, progress=False, data=data)
         total_s = time.perf_counter() - t0
@@ -158,11 +157,13 @@ def _rss_mb() -> float:
 
 
 class _RssSampler:
-    """Samples the resident memory in a background thread; ``peak_mb`` is the maximum seen."""
+    """Samples the resident memory in a background thread; ``peak_mb`` is the maximum seen,
+    ``start_mb`` the reading taken as it starts (the first sample: memory released during
+    the run cannot put the peak below it)."""
 
     def __init__(self, period_s: float = 0.005) -> None:
         self.period_s = period_s
-        self.peak_mb = 0.0
+        self.peak_mb = self.start_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -172,6 +173,7 @@ class _RssSampler:
             self._stop.wait(self.period_s)
 
     def __enter__(self) -> _RssSampler:
+        self.start_mb = self.peak_mb = _rss_mb()
         self._thread.start()
         return self
 
