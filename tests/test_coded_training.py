@@ -8,29 +8,59 @@ import torch
 from torch.func import grad
 
 from fedsim.coding import SRSGC, gilbert_elliott_delays, load_linear
-from fedsim.coding.training import (
-    full_batch_gd,
-    make_forward,
-    per_sample_gradients,
-    run_coded,
-)
+from fedsim.coding.gradients import PieceGradients
+from fedsim.coding.training import full_batch_gd, make_module, run_coded
 from fedsim.errors import ScenarioError
 
 N = 240  # training samples used: fast
 
 
-@pytest.mark.parametrize("model", ["logreg", "mlp"])
-def test_per_sample_gradients_equal_autograd(model):
+def _relu_mlp():
+    return torch.nn.Sequential(torch.nn.Linear(64, 7), torch.nn.ReLU(), torch.nn.Linear(7, 10))
+
+
+def _dropout_mlp():
+    return torch.nn.Sequential(torch.nn.Linear(64, 7), torch.nn.Dropout(0.5), torch.nn.Tanh(),
+                               torch.nn.Linear(7, 10))
+
+
+def _squared_loss(logits, y):  # a user's per-sample loss
+    return torch.nn.functional.cross_entropy(logits, y, reduction="none") ** 2 + \
+        (logits ** 2).mean(1)
+
+
+@pytest.mark.parametrize("build,loss,engine", [
+    (lambda: make_module("logreg", 64, 10), None, "fused_mlp"),
+    (lambda: make_module("mlp", 64, 10, 7), None, "vmap"),
+    (_relu_mlp, None, "fused_mlp"),
+    (_relu_mlp, _squared_loss, "vmap"),
+    (_dropout_mlp, None, "eval_per_sample")])
+def test_piece_gradients_through_the_population_engine_equal_autograd(build, loss, engine):
+    """Row p = grad of (1/N) sum_{i in piece p} loss_i (eval mode), an empty piece is 0."""
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(5, 64, generator=g, dtype=torch.float64)
-    y = torch.tensor([0, 3, 9, 3, 1])
-    forward, d = make_forward(model, 64, 10, 7)
-    theta = torch.randn(d, generator=g, dtype=torch.float64)
-    mine = per_sample_gradients(model, theta, x, y, 10, 7)
-    for i in range(5):
-        ref = grad(lambda th, i=i: torch.nn.functional.cross_entropy(
-            forward(th, x[i:i + 1]), y[i:i + 1]))(theta)
-        assert torch.allclose(mine[i], ref, atol=1e-12)
+    x = torch.rand(30, 64, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (30,), generator=g)
+    piece_of = torch.randint(0, 4, (30,), generator=g)  # piece 4 stays empty
+    model = build().double()
+    pg = PieceGradients(model, x, y, piece_of, 5, loss=loss)
+    assert pg.engine == engine
+    theta = torch.nn.utils.parameters_to_vector(model.parameters()).detach() + 0.1
+    got = pg(theta)
+    names = [k for k, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    model.eval()
+    lossf = loss or (lambda z, t: torch.nn.functional.cross_entropy(z, t, reduction="none"))
+
+    def total(th, idx):
+        chunks = torch.split(th, [s.numel() for s in shapes])
+        params = {k: c.reshape(s) for k, c, s in zip(names, chunks, shapes, strict=True)}
+        return lossf(torch.func.functional_call(model, params, (x[idx],)), y[idx]).sum() / 30
+
+    for p in range(5):
+        idx = torch.nonzero(piece_of == p).flatten()
+        ref = grad(total)(theta, idx) if len(idx) else torch.zeros_like(theta)
+        assert torch.allclose(got[p], ref, atol=1e-13, rtol=0), p
+    assert got[4].abs().max() == 0
 
 
 def _delays(n, rounds, seed=1):

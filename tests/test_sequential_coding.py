@@ -22,6 +22,7 @@ from fedsim.coding import (
     srsgc_s,
     wait_for_all,
 )
+from fedsim.coding.sequential import srsgc_timing
 from fedsim.errors import ScenarioError
 
 
@@ -185,3 +186,52 @@ def test_bad_inputs_are_one_line_scenario_errors():
         with pytest.raises(ScenarioError, match=pattern) as info:
             make()
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("B,W,lam", [(1, 2, 2), (1, 3, 3), (2, 3, 4), (2, 5, 3), (3, 4, 5)])
+def test_srsgc_timing_equals_the_state_machine(B, W, lam):
+    """The grid's task-free SR-SGC clock plays the same rounds as SRSGC + play_schedule."""
+    for seed in range(4):
+        base = gilbert_elliott_delays(10, 30, np.random.default_rng(seed), p_slow=0.1,
+                                      p_recover=0.4)
+        sch = SRSGC(10, B, W, lam, jobs=24)
+        delays = base + sch.load * 2.2
+        res = play_schedule(sch, delays)
+        dur, waited = srsgc_timing(delays, B, W, lam, 24)
+        assert np.allclose(dur, [r["duration_s"] for r in res.rows], rtol=0, atol=1e-12)
+        assert waited.tolist() == [r["waited"] for r in res.rows]
+        assert sorted(res.decodes) == list(range(1, 25))
+
+
+def test_srsgc_skips_rounds_with_nothing_to_compute():
+    """Rounds J + 1 .. J + B only redo missing tasks: with every job decoded on time they
+    are skipped (0 s); a re-attempt in round J + B makes that round count."""
+    d = np.ones((4, 5))
+    sch = SRSGC(4, 2, 3, 2, jobs=3)  # s = ceil(4 / 4) = 1, T = 2
+    res = play_schedule(sch, d)
+    assert [r["duration_s"] for r in res.rows] == [1.0, 1.0, 1.0, 0.0, 0.0]
+    d[[0, 1], 2] = 5.0  # 2 > s stragglers in round 3: worker 0 redoes job 3 in round 5
+    res = play_schedule(SRSGC(4, 2, 3, 2, jobs=3), d)
+    assert [r["duration_s"] for r in res.rows] == [1.0, 1.0, 2.0, 0.0, 1.0]
+    assert res.decodes[3].round == 5
+
+
+def test_srsgc_harmless_rounds_are_accepted_and_left_out_of_the_pattern():
+    """A round where everybody computes its own job and <= s straggle decodes on the spot;
+    its stragglers cannot matter to another job, so it is accepted without the model
+    check and does not count against later rounds' windows (the authors' simulation does
+    the same). Here worker 0 straggles in rounds 1 and 3: outside the (1, 3, 2) model
+    (two bursts in a window of 3), yet nobody has to wait and every job decodes."""
+    d = np.ones((4, 5))
+    d[0, [0, 2]] = 5.0
+    sch = SRSGC(4, 1, 3, 2, jobs=4)  # s = 1
+    assert not sch.model.conforms(d > 2.0)
+    res = play_schedule(sch, d)
+    assert [r["waited"] for r in res.rows] == [False] * 5
+    assert [r["stragglers"] for r in res.rows] == [1, 0, 1, 0, 0]
+    assert sorted(res.decodes) == [1, 2, 3, 4]
+    # two stragglers (> s) in rounds 1 and 3 are not harmless: the window (3 distinct
+    # workers > lambda in rounds 1..3) binds in round 3 and the master waits
+    d[1, 0] = d[2, 2] = 5.0
+    res = play_schedule(SRSGC(4, 1, 3, 2, jobs=4), d)
+    assert [r["waited"] for r in res.rows] == [False, False, True, False, False]

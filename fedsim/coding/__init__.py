@@ -5,12 +5,16 @@
 - :mod:`fedsim.network.stragglers`: the ``mu`` straggler rule, round durations, the
   ``(B, W, lambda)``-bursty model and worker delay profiles (Krishnan et al., ICLR 2023).
 - :mod:`fedsim.coding.sequential`: round-by-round schedules as state machines: GC,
-  SR-SGC, M-SGC; :func:`play_schedule` plays one on a delay profile without tensors.
+  SR-SGC, M-SGC; :func:`play_schedule` plays one on a delay profile without tensors;
+  :func:`srsgc_timing` is SR-SGC's clock alone, fast enough for parameter grids.
 - :mod:`fedsim.coding.baselines`: wait for all; ignore stragglers.
+- :mod:`fedsim.coding.gradients`: a job's per-piece gradients through fedsim's population
+  engine (:class:`~fedsim.coding.gradients.PieceGradients`).
 - :mod:`fedsim.coding.training`: synchronous distributed SGD with real torch gradients
-  (:func:`run_coded`); the only module here that imports torch, loaded on first use.
+  (:func:`run_coded`); with ``gradients`` the only modules here that import torch, loaded
+  on first use.
 
-Everything but ``training`` is numpy only, like :mod:`fedsim.network`.
+Everything but ``training`` and ``gradients`` is numpy only, like :mod:`fedsim.network`.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from fedsim.coding.sequential import (
     msgc_load,
     play_schedule,
     srsgc_s,
+    srsgc_timing,
 )
 from fedsim.network.stragglers import (
     AtMostS,
@@ -63,7 +68,7 @@ __all__ = [
     "compute_model_delays", "crc_matrix", "decode_vector", "frc_matrix",
     "gilbert_elliott_delays", "load_linear", "make_code", "make_scheme", "msgc_load",
     "play_clock", "play_schedule", "read_delay_trace", "round_duration", "run_coded",
-    "srsgc_s", "straggler_mask", "total_time", "wait_for_all",
+    "srsgc_s", "srsgc_timing", "straggler_mask", "total_time", "wait_for_all",
 ]
 
 SCHEMES = ("wait-for-all", "ignore-stragglers", "gc", "sr-sgc", "m-sgc")

@@ -156,25 +156,41 @@ class Scheme:
         self.jobs = int(jobs)
         self._accepted: list[np.ndarray] = []
         self._round = 0
+        self._tasks: list[Task] = []
 
     # -- the clock --------------------------------------------------------------------
     def clock(self, delays: np.ndarray, mu: float = 1.0) -> RoundClock:
         """Who straggles this round and how long it lasts (the ``mu`` rule + the model).
 
-        Call once per round, after :meth:`assign` and before :meth:`receive`.
+        Call once per round, after :meth:`assign` and before :meth:`receive`. A round in
+        which no worker has a task (SR-SGC's last ``B`` rounds once every job decoded)
+        is skipped: it lasts 0 s. A round whose stragglers cannot affect any job but the
+        one it decodes on the spot (:meth:`_harmless`, SR-SGC) is accepted without the
+        model check and left out of the pattern the model checks later rounds against.
 
         Args:
             delays: ``[n]`` the round's worker delays.
             mu: straggler tolerance.
         """
+        none = np.zeros(self.n, dtype=bool)
+        if not self._tasks:
+            self._accepted.append(none)
+            return RoundClock(0.0, none, False)
         slow = straggler_mask(delays, mu)
+        if slow.any() and self._harmless(slow):
+            self._accepted.append(none)
+            return RoundClock(round_duration(delays, True, mu), slow, False)
         memory = self.model.memory
         past = (np.stack(self._accepted[-memory:], axis=1) if memory and self._accepted
                 else np.zeros((self.n, 0), dtype=bool))
         fits = not slow.any() or self.model.fits(past, slow)
-        accepted = slow if fits else np.zeros(self.n, dtype=bool)
+        accepted = slow if fits else none
         self._accepted.append(accepted)
         return RoundClock(round_duration(delays, fits, mu), accepted, not fits)
+
+    def _harmless(self, slow: np.ndarray) -> bool:
+        """Whether this round's stragglers ``slow`` cannot matter to any other job."""
+        return False
 
     # -- the schedule -----------------------------------------------------------------
     def assign(self, r: int) -> list[Task]:
@@ -302,6 +318,13 @@ class SRSGC(Scheme):
     - the master decodes job ``t`` as soon as ``n - s`` of its tasks arrived (round ``t`` or
       ``t + B``), by ``B_F^T a = 1``.
 
+    The clock (:meth:`Scheme.clock`): a round of the last ``B`` with no re-attempt has
+    nothing to compute and is skipped (0 s); a round where every worker computes its own
+    job and at most ``s`` straggle is harmless (:meth:`_harmless`) and left out of the
+    pattern the ``(B, W, lambda)`` model is checked on; otherwise the master waits for all
+    when the stragglers leave the model. Both rules are how the authors' simulation times
+    SR-SGC; neither can make a job miss its deadline.
+
     Args:
         n: workers.
         B, W, lam: the bursty model the scheme is designed for (``B | W - 1``).
@@ -330,7 +353,15 @@ class SRSGC(Scheme):
         self.model = BurstyModel(self.B, self.W, self.lam)
         self._delivered: dict[int, dict[int, Task]] = {}  # job -> worker -> task
         self._decoded: set[int] = set()
-        self._tasks: list[Task] = []
+        self._redo: set[int] = set()
+
+    def _harmless(self, slow: np.ndarray) -> bool:
+        """Every worker computes job ``r`` and at most ``s`` straggle: job ``r`` decodes in
+        this round, and no other job depends on this round's results (job ``r`` is decoded,
+        so round ``r + B`` has no re-attempts of it). Such a round is accepted and left out
+        of the bursty pattern (the authors' simulation code does the same); the
+        state machine behaves exactly as if nobody had straggled in it."""
+        return self._round <= self.jobs and not self._redo and int(slow.sum()) <= self.s
 
     def reattempting(self, r: int) -> np.ndarray:
         """The workers that redo their job ``r - B`` task in round ``r`` (sorted)."""
@@ -344,6 +375,7 @@ class SRSGC(Scheme):
     def assign(self, r: int) -> list[Task]:
         self._next_round(r)
         redo = set(self.reattempting(r).tolist())
+        self._redo = redo
         tasks = []
         for i in range(self.n):
             job = r - self.B if i in redo else r
@@ -587,3 +619,72 @@ def play_schedule(scheme: Scheme, delays: np.ndarray | None = None, mu: float = 
             "cond": max((d.cond for d in decodes), default=float("nan")),
             "work_max": float(res.work[:, r - 1].max())})
     return res
+
+
+def srsgc_timing(delays: np.ndarray, B: int, W: int, lam: int, jobs: int,
+                 mu: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """SR-SGC's round durations and waits without tasks or tensors (for parameter grids).
+
+    The same clock as :class:`SRSGC` played through :func:`play_schedule` (the tests
+    check they agree round for round), keeping only who delivered which job: the
+    re-attempts (lowest ids first), the harmless-round rule (:meth:`SRSGC._harmless`),
+    the ``(B, W, lambda)`` model check against the accepted pattern, and skipped
+    (0 s) rounds with no task.
+
+    Args:
+        delays: ``[n, >= jobs + B]`` seconds.
+        B, W, lam: the bursty model (``B | W - 1``).
+        jobs: ``J``.
+        mu: the straggler tolerance.
+
+    Returns:
+        ``(durations [J + B], waited [J + B] bool)``.
+
+    Raises:
+        DecodeFailure: a job missed its deadline (cannot happen: the master waits for all
+            whenever the pattern would leave the model).
+    """
+    delays = np.asarray(delays, dtype=float)
+    n = delays.shape[0]
+    s = srsgc_s(B, W, lam)
+    model = BurstyModel(B, W, lam)
+    rounds = jobs + B
+    delivered = np.zeros((jobs + 1, n), dtype=bool)
+    decoded = np.zeros(jobs + 1, dtype=bool)
+    accepted = np.zeros((n, rounds), dtype=bool)
+    durations = np.zeros(rounds)
+    waited = np.zeros(rounds, dtype=bool)
+    for r in range(1, rounds + 1):
+        old = r - B
+        redo = np.zeros(0, dtype=int)
+        if 1 <= old <= jobs and not decoded[old]:
+            missing = np.flatnonzero(~delivered[old])
+            if missing.size > s:
+                redo = missing[:missing.size - s]
+        if r > jobs and redo.size == 0:
+            continue  # nothing to compute: the round is skipped
+        d = delays[:, r - 1]
+        slow = straggler_mask(d, mu)
+        if slow.any() and r <= jobs and redo.size == 0 and int(slow.sum()) <= s:
+            fits = True  # harmless: left out of the pattern
+        else:
+            past = accepted[:, max(0, r - 1 - model.memory):r - 1]
+            fits = not slow.any() or model.fits(past, slow)
+            if fits:
+                accepted[:, r - 1] = slow
+        durations[r - 1] = round_duration(d, fits, mu)
+        waited[r - 1] = not fits
+        arrived = ~slow if fits else np.ones(n, dtype=bool)
+        on_old = np.zeros(n, dtype=bool)
+        on_old[redo] = True
+        if redo.size:
+            delivered[old] |= arrived & on_old
+        if r <= jobs:
+            delivered[r] |= arrived & ~on_old
+        for job in (old, r):
+            if 1 <= job <= jobs and not decoded[job]:
+                if delivered[job].sum() >= n - s:
+                    decoded[job] = True
+                elif job == old:
+                    raise DecodeFailure(f"sr-sgc: job {job} not decodable by round {r}")
+    return durations, waited

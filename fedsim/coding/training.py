@@ -5,8 +5,10 @@ every *job* is one full gradient, cut into the scheme's pieces (shards of the tr
 set whose gradients sum to the full gradient). Per round (:func:`run_coded`):
 
 1. the scheme assigns tasks (:mod:`fedsim.coding.sequential`); a job starting this round
-   has its per-piece gradients ``G [P, d]`` computed batched (per-sample gradients in one
-   pass, summed per piece) at its model's current parameters;
+   has its per-piece gradients ``G [P, d]`` computed at its model's current parameters,
+   batched over the pieces through fedsim's population engine
+   (:class:`fedsim.coding.gradients.PieceGradients`: the pieces are the cohort's
+   clients, one full-batch SGD step of ``lr = 1`` each);
 2. the clock (delay profile, ``mu`` rule, the scheme's straggler model) says who straggled
    and how long the round lasted;
 3. each arrived task's coded message ``coeffs @ G[pieces]`` is formed (the encoding
@@ -34,9 +36,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 from torch.func import grad
 
 from fedsim.coding import make_scheme
+from fedsim.coding.gradients import PieceGradients
 from fedsim.coding.sequential import Scheme
 from fedsim.errors import ScenarioError
 from fedsim.network.stragglers import gilbert_elliott_delays, load_linear
@@ -84,39 +88,14 @@ def make_forward(model: str, dim: int, classes: int, hidden: int = 32
     return forward, int(bounds[-1])
 
 
-def per_sample_gradients(model: str, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                         classes: int, hidden: int = 32) -> torch.Tensor:
-    """``[N, d]``: the gradient of each sample's cross entropy (backpropagation written out,
-    batched over the samples; equal to autograd's, which the tests check)."""
-    forward, _ = make_forward(model, x.shape[1], classes, hidden)
-    shapes = _shapes(model, x.shape[1], classes, hidden)
-    onehot = torch.nn.functional.one_hot(y, classes).to(theta.dtype)
+def make_module(model: str, dim: int, classes: int, hidden: int = 32) -> nn.Module:
+    """The ``torch.nn`` module of :func:`make_forward`'s model, with the same flat layout
+    (``parameters_to_vector`` order: weight then bias, layer by layer): ``logreg`` is a
+    ``Linear``, ``mlp`` ``Linear -> Tanh -> Linear``."""
+    _shapes(model, dim, classes, hidden)  # validates the name
     if model == "logreg":
-        delta = torch.softmax(forward(theta, x), dim=1) - onehot          # [N, C]
-        return torch.cat([(delta[:, :, None] * x[:, None, :]).flatten(1), delta], dim=1)
-    d1 = math.prod(shapes[0]) + shapes[1][0]
-    w1 = theta[:math.prod(shapes[0])].reshape(shapes[0])
-    b1 = theta[math.prod(shapes[0]):d1]
-    w2 = theta[d1:d1 + math.prod(shapes[2])].reshape(shapes[2])
-    h = torch.tanh(x @ w1.T + b1)                                          # [N, H]
-    delta2 = torch.softmax(h @ w2.T + theta[d1 + math.prod(shapes[2]):], dim=1) - onehot
-    delta1 = (delta2 @ w2) * (1.0 - h * h)                                 # [N, H]
-    return torch.cat([(delta1[:, :, None] * x[:, None, :]).flatten(1), delta1,
-                      (delta2[:, :, None] * h[:, None, :]).flatten(1), delta2], dim=1)
-
-
-def piece_gradients(model: str, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                    piece_of: torch.Tensor, pieces: int, classes: int, hidden: int = 32
-                    ) -> torch.Tensor:
-    """``[P, d]``: row ``p`` is the gradient of ``(1/N) sum_{i in piece p} loss_i``.
-
-    Per-sample gradients in one batched pass (:func:`per_sample_gradients`), summed per
-    piece, so the rows add up to the gradient of the mean loss over all ``N`` samples.
-    """
-    per_sample = per_sample_gradients(model, theta, x, y, classes, hidden)
-    out = torch.zeros(pieces, theta.numel(), dtype=theta.dtype)
-    out.index_add_(0, piece_of, per_sample)
-    return out / x.shape[0]
+        return nn.Linear(dim, classes)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, classes))
 
 
 def cut_pieces(fractions: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -213,9 +192,9 @@ def run_coded(scheme: str | Scheme, n: int = 8, *, s: int | None = None,
     forward, d = make_forward(model, x.shape[1], classes, hidden)
     thetas = [0.1 * torch.randn(d, generator=torch_generator(seed, f"model/{m}"),
                                 dtype=torch.float64).to(dtype) for m in range(m_count)]
-    loop = CodedLoop(sch, delays, thetas,
-                     lambda th: piece_gradients(model, th, x, y, piece_of, len(sch.fractions),
-                                                classes, hidden), lr, mu)
+    grads = PieceGradients(make_module(model, x.shape[1], classes, hidden), x, y, piece_of,
+                           len(sch.fractions), dtype=dtype)
+    loop = CodedLoop(sch, delays, thetas, grads, lr, mu)
     rows = []
     for r in range(1, rounds + 1):
         row = loop.play()

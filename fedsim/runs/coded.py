@@ -5,13 +5,15 @@ Synchronous distributed gradient descent with a straggler-mitigation scheme
 scheme's pieces, and a master that needs the full gradient of every job. Each round is
 the scheme's state machine (``assign`` -> ``clock`` -> ``receive``,
 :class:`fedsim.coding.training.CodedLoop`) with real tensors: a job starting in round
-``r`` has the gradients of its pieces computed at its model's parameters (per-sample
-gradients of the scenario's model and loss, batched with ``torch.func``, summed per
-piece), the arrived tasks' coded messages are formed and every decodable job is decoded
-and applied as one full-batch gradient step (``algorithm.lr``) of its model. Jobs go to
-``models`` models round robin (job ``t`` to model ``(t - 1) mod models``), all started
-from the scenario's initial model. Everything runs in float64, so an exact scheme's
-decoded gradient equals the full gradient to ~1e-12 (column ``grad_error``).
+``r`` has the gradients of its pieces computed at its model's parameters, batched over
+the pieces through the population engine
+(:class:`fedsim.coding.gradients.PieceGradients`: the scenario's model and loss,
+``model.factory`` included; summary.json's ``gradient_engine`` says which path), the
+arrived tasks' coded messages are formed and every decodable job is decoded and applied
+as one full-batch gradient step (``algorithm.lr``) of its model. Jobs go to ``models``
+models round robin (job ``t`` to model ``(t - 1) mod models``), all started from the
+scenario's initial model. Everything runs in float64, so an exact scheme's decoded
+gradient equals the full gradient to ~1e-12 (column ``grad_error``).
 
 The same files as the other runners (``RunLoop``): ``metrics.csv`` / ``.jsonl`` with the
 standard columns, then the scheme's own (:data:`CODED_COLUMNS`), then the user metrics;
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
 from fedsim.config import Scenario
 from fedsim.data.base import FederatedData
@@ -60,7 +62,6 @@ from fedsim.seeding import numpy_rng
 # the scheme's columns of metrics.csv, after fedsim's own
 CODED_COLUMNS = ("waited", "waits", "slow", "decoded", "jobs_done", "steps", "cond",
                  "grad_error", "load")
-CHUNK_ELEMENTS = 2**22  # per-sample gradients held at once (float64: 32 MiB)
 
 
 @restore_threads()
@@ -131,6 +132,7 @@ class CodedRun:
     def __init__(self, sc: Scenario, base_dir: Path, data: FederatedData | None = None,
                  model=None, metrics: Mapping[str, Callable] | None = None,
                  loss: Callable | None = None):
+        from fedsim.coding.gradients import PieceGradients
         from fedsim.coding.spec import build_delays, coding_spec, delay_spec
         from fedsim.coding.training import CodedLoop, cut_pieces
         from fedsim.data import load_federated
@@ -169,9 +171,10 @@ class CodedRun:
                                                    numpy_rng(sc.seed, "partition")),
                                         device=dev)
         theta0 = self.pop.flat_params().to(dev, dt)
+        self.piece_grads = PieceGradients(self.module, self.x, self.y, self.piece_of,
+                                          self.pieces, loss=self.loss, device=dev, dtype=dt)
         self.loop = CodedLoop(scheme, delays, [theta0.clone() for _ in range(self.spec.models)],
                               self.piece_grads, sc.algorithm.lr, self.spec.mu)
-        self._per_sample = vmap(grad(self._sample_loss), in_dims=(None, 0, 0))
         self.diverged_round: int | None = None
         self.final_metrics: dict[str, float] = {}
         self.max_grad_error = 0.0
@@ -180,19 +183,6 @@ class CodedRun:
     def _params(self, theta: Tensor) -> dict[str, Tensor]:
         return {**dict(zip(self.flat.names, self.flat.unflatten(theta), strict=True)),
                 **self.named_buffers}
-
-    def _sample_loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        logits = functional_call(self.module, self._params(theta), (x.unsqueeze(0),))
-        return self.loss(logits, y.unsqueeze(0))[0]
-
-    def piece_grads(self, theta: Tensor) -> Tensor:
-        """``[P, d]``: row ``p`` the gradient of ``(1/N) sum_{i in piece p} loss_i``."""
-        out = theta.new_zeros(self.pieces, theta.numel())
-        chunk = max(1, CHUNK_ELEMENTS // max(1, theta.numel()))
-        for start in range(0, len(self.x), chunk):
-            g = self._per_sample(theta, self.x[start:start + chunk], self.y[start:start + chunk])
-            out.index_add_(0, self.piece_of[start:start + chunk], g)
-        return out / len(self.x)
 
     @torch.no_grad()
     def _evaluate(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[float, float]:
@@ -271,7 +261,8 @@ class CodedRun:
         """Run facts for summary.json beyond the metrics."""
         sp, loop = self.spec, self.loop
         out = {"name": self.sc.name, "device": self.device, "num_params": self.d,
-               "workers": self.n, "scheme": sp.scheme, "delay_T": sp.T, "jobs": sp.jobs,
+               "workers": self.n, "gradient_engine": self.piece_grads.engine,
+               "scheme": sp.scheme, "delay_T": sp.T, "jobs": sp.jobs,
                "models": sp.models, "load": loop.scheme.load, "waits": loop.waits,
                "jobs_done": loop.done, "gradient_steps": loop.steps,
                "max_grad_error": self.max_grad_error, "diverged_round": self.diverged_round}
