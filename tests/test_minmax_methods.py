@@ -154,9 +154,11 @@ def _all_methods(lr: float, steps: int = 2):
     out = []
     for name in METHODS:
         params = {"lr": lr}
-        if name in ("dadam3", "dposg", "gda", "extragradient", "adaptive"):
+        if name in ("dadam3", "dposg", "gda", "extragradient", "adaptive", "gt_extragradient",
+                    "gt_gda"):
             params["gossip_steps"] = steps
         out.append(make_method(name, **params))
+    out.append(make_method("gt_extragradient", lr=lr, gossip_steps=steps, lazy=True))
     for lookahead in ("none", "extragradient", "optimistic"):
         for mix in ("before", "after"):
             out.append(AdaptiveMinMax(lr=lr, lookahead=lookahead, mix=mix, gossip_steps=steps))
@@ -199,6 +201,8 @@ def test_gossip_alone_reaches_consensus_on_a_connected_graph():
     ("dposg", {"gossip_steps": 1.5}, "algorithm.gossip_steps"),
     ("dadam3", {"eps": -1.0}, "algorithm.eps"),
     ("dadam3", {"lookahead": "none"}, "algorithm.lookahead"),  # not a dadam3 parameter
+    ("gt_extragradient", {"lazy": "yes"}, "algorithm.lazy"),
+    ("gt_gda", {"lr": -1.0}, "algorithm.lr"),
     ("sgda", {}, "algorithm.name"),
 ])
 def test_bad_settings_are_one_line_scenario_errors(name, params, key):

@@ -26,10 +26,13 @@ from fedsim.minmax.methods import (
     AdaptiveMinMax,
     DecentralizedExtragradient,
     DecentralizedGDA,
+    GradientTracking,
     adam_server,
     dadam3,
     extra_adam_server,
     gossip,
+    gt_extragradient,
+    gt_gda,
     make_method,
     mixing_matrix,
     optimistic_adam_server,
@@ -40,9 +43,11 @@ from fedsim.minmax.timing import GossipClock, IterationCost, ServerClock
 
 __all__ = [
     "DPOSG", "LOOKAHEADS", "METHODS", "MIXES", "TASKS", "AdaptiveMinMax",
-    "DecentralizedExtragradient", "DecentralizedGDA", "GossipClock", "IterationCost",
+    "DecentralizedExtragradient", "DecentralizedGDA", "GossipClock", "GradientTracking",
+    "IterationCost",
     "MinMaxTask", "Operator", "ServerClock", "adam_server", "affine_operator",
     "bilinear_game", "dadam3", "extra_adam_server", "gaussian_mixture_gan", "gossip",
+    "gt_extragradient", "gt_gda",
     "make_method", "make_task", "mixing_matrix", "mode_metrics", "optimistic_adam_server",
     "quadratic_game", "run_minmax",
 ]

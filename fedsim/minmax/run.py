@@ -107,7 +107,8 @@ def run_minmax(task: MinMaxTask, method: Method | str, graph: nx.Graph, iteratio
             times: ``network/compute``).
         network: link defaults and compute model (None: ``NetworkConfig()``).
         eval_every: a row every this many iterations (and after the last).
-        nbytes: one state on the wire (None: ``4 d``, float32).
+        nbytes: one state on the wire (None: ``4 d``, float32); a message carries
+            ``method.message_states`` of them (gradient tracking: x and its trackers).
         divergence: stop (``diverged = True``) when a state's norm exceeds this.
         method_params: parameters when ``method`` is a name.
         on_end: called with the final ``[n, d]`` states (e.g. to draw a GAN's samples).
@@ -138,6 +139,7 @@ def run_minmax(task: MinMaxTask, method: Method | str, graph: nx.Graph, iteratio
     clock = (ServerClock(n, network, seed) if method.server
              else GossipClock(graph, network, seed))
     nbytes = 4 * task.dim if nbytes is None else int(nbytes)
+    nbytes *= getattr(method, "message_states", 1)  # gradient tracking sends its trackers
     X = task.initial_states()
     state = method.init(X)
     base = {"method": method.name, "task": task.name}

@@ -10,8 +10,9 @@
     name = "minmax"
 
     [algorithm.minmax]
-    method = "dadam3"     # dadam3 | dposg | gda | extragradient | adam_server |
-                          # optimistic_adam_server | extra_adam_server | adaptive
+    method = "dadam3"     # dadam3 | dposg | gda | extragradient | gt_extragradient |
+                          # gt_gda | adam_server | optimistic_adam_server |
+                          # extra_adam_server | adaptive
     lr = 0.2              # and the method's own parameters (beta1, beta2, beta3, eps,
                           # gossip_steps, preconditioner, lookahead, mix, bias_correction)
 

@@ -129,7 +129,7 @@ class MinMaxRun:
         self.op = Operator(task, torch_generator(sc.seed, "minmax/oracle"))
         self.clock = (ServerClock(self.n, sc.network, sc.seed) if self.method.server
                       else GossipClock(graph, sc.network, sc.seed))
-        self.nbytes = 4 * task.dim
+        self.nbytes = 4 * task.dim * getattr(self.method, "message_states", 1)
         self.X = task.initial_states()
         self.state = self.method.init(self.X)
         self._row = _row
