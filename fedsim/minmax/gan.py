@@ -222,9 +222,9 @@ def gaussian_mixture_gan(num_nodes: int = 9, modes: int = 8, radius: float = 2.0
 
 def _train_classifier(x: Tensor, y: Tensor, hidden: int, gen: torch.Generator
                       ) -> Tensor:
-    """A ``64 -> hidden -> 10`` digits classifier, fitted once in closed form.
+    """A ``p -> hidden -> 10`` digits classifier (``p`` pixels), fitted once in closed form.
 
-    The hidden layer is random ReLU features (``W1 ~ N(0, 4 / 64)``, ``b1 ~ U(-1, 1)``);
+    The hidden layer is random ReLU features (``W1 ~ N(0, 4 / p)``, ``b1 ~ U(-1, 1)``);
     the output layer is a ridge regression onto one-hot labels (``lambda = 1e-2``): one
     linear solve, milliseconds on a CPU, and deterministic for a seed.
 
@@ -281,19 +281,62 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + ca.trace() + cb.trace() - 2 * cross)
 
 
+IMAGE_DATASETS = ("digits", "mnist")
+
+
+def _image_data(dataset: str, path: str | None, seed: int
+                ) -> tuple[Tensor, Tensor, Tensor, int]:
+    """``(x_train [N, p], y_train [N], x_test [M, p], side)``, pixels in ``[0, 1]``.
+
+    ``"digits"``: scikit-learn's 8x8 digits, 20% held out per class (stream ``data``);
+    ``"mnist"``: the user's standard IDX files in ``path`` (:mod:`fedsim.data.mnist`; its
+    fixed train / t10k split). Errors are one-line ``task.dataset`` / ``task.path``.
+    """
+    from fedsim.errors import DataError
+
+    if dataset not in IMAGE_DATASETS:
+        raise ScenarioError("task.dataset", f"unknown dataset {dataset!r}; allowed: "
+                            f"{', '.join(IMAGE_DATASETS)}")
+    if dataset == "digits":
+        if path is not None:
+            raise ScenarioError("task.path", "only used with dataset = 'mnist' (the digits "
+                                "ship with scikit-learn); allowed: leave it out")
+        from fedsim.data.digits import load_digits
+        from fedsim.seeding import numpy_rng
+
+        raw = load_digits(0.2, numpy_rng(seed, "data"))
+    else:
+        if not isinstance(path, str) or not path:
+            raise ScenarioError("task.path", "required for dataset 'mnist': the folder of "
+                                "the standard MNIST IDX files (fedsim never downloads)")
+        from fedsim.data.mnist import load_mnist
+
+        try:
+            raw = load_mnist(path)
+        except DataError as err:
+            raise ScenarioError("task.path", str(err).replace("\n", " ")) from None
+    side = raw.x_train.shape[-1]
+    x_tr = torch.from_numpy(raw.x_train.reshape(len(raw.x_train), -1))
+    x_te = torch.from_numpy(raw.x_test.reshape(len(raw.x_test), -1))
+    return x_tr, torch.from_numpy(raw.y_train), x_te, side
+
+
 def digits_gan(num_nodes: int = 8, split: str = "iid", hidden: int = 128, z_dim: int = 16,
                batch_size: int = 64, eval_samples: int = 1000, classifier_hidden: int = 256,
+               dataset: str = "digits", path: str | None = None,
                seed: int = 0) -> MinMaxTask:
-    """An image GAN on scikit-learn's built-in 8x8 digits (no download), scored by a
-    small digits classifier trained once.
+    """An image GAN on scikit-learn's built-in 8x8 digits (no download), or on the user's
+    MNIST files, scored by a small digits classifier trained once.
 
-    Images are flattened to 64 values in ``[-1, 1]``; the generator is ``z -> hidden ->
-    hidden -> 64`` with a ``tanh`` output, the discriminator ``64 -> hidden -> hidden ->
-    1``; the non-saturating losses of :func:`gaussian_mixture_gan`. Node ``i`` holds an
-    equal shard of the training images: a random one (``"iid"``), or a contiguous run of
-    the images sorted by label (``"labels"``: one or two classes per node). Rows get
+    Images are flattened to ``p`` values in ``[-1, 1]`` (``p = 64`` for the 8x8 digits,
+    784 for MNIST's 28x28); the generator is ``z -> hidden -> hidden -> p`` with a
+    ``tanh`` output, the discriminator ``p -> hidden -> hidden -> 1``; the
+    non-saturating losses of :func:`gaussian_mixture_gan`. Node ``i`` holds an equal
+    shard of the training images: a random one (``"iid"``), or a contiguous run of the
+    images sorted by label (``"labels"``: one or two classes per node). Rows get
     ``inception_score`` (classifier-based, 1 to 10) and ``fid`` (Fréchet distance in the
-    classifier's hidden features, to the held-out images), of ``eval_samples`` samples.
+    classifier's hidden features, to the held-out images), of ``eval_samples`` samples;
+    the classifier is fitted the same way for both datasets, on their own pixels.
 
     Args:
         num_nodes: ``n``.
@@ -303,20 +346,26 @@ def digits_gan(num_nodes: int = 8, split: str = "iid", hidden: int = 128, z_dim:
         batch_size: real and fake images per node per evaluation of ``F_i``.
         eval_samples: generated images for the scores.
         classifier_hidden: the scoring classifier's hidden width.
+        dataset: ``"digits"`` (built in) or ``"mnist"`` (the files in ``path``; the
+            held-out images are MNIST's t10k set).
+        path: the MNIST folder (standard IDX files, optionally gzipped; an absolute path,
+            or relative to the working directory — a scenario's is taken against its
+            file's folder); only with ``dataset = "mnist"``.
         seed: the root seed (split ``data``; init ``minmax/gan_init``; classifier
             ``minmax/classifier``; scores ``minmax/gan_eval``).
 
     Returns:
-        The task (float32); ``task.generate(x_bar, m)`` gives ``[m, 8, 8]`` images in
-        ``[0, 1]``.
+        The task (float32); ``task.generate(x_bar, m)`` gives ``[m, side, side]`` images
+        in ``[0, 1]`` (``side`` 8 or 28).
+
+    Raises:
+        ScenarioError: ``task.dataset`` (unknown), ``task.path`` (missing for MNIST, given
+            for digits, or the files not there / malformed), ``task.<param>``.
 
     References:
         Salimans et al. (NeurIPS 2016); Heusel et al. (NeurIPS 2017); Liu et al.
         (NeurIPS 2020) and Barazandeh et al. (arXiv 2106.06075) evaluate by such scores.
     """
-    from fedsim.data.digits import load_digits
-    from fedsim.seeding import numpy_rng
-
     for key, value in (("num_nodes", num_nodes), ("hidden", hidden), ("z_dim", z_dim),
                        ("batch_size", batch_size), ("eval_samples", eval_samples),
                        ("classifier_hidden", classifier_hidden)):
@@ -324,20 +373,18 @@ def digits_gan(num_nodes: int = 8, split: str = "iid", hidden: int = 128, z_dim:
             raise ScenarioError(f"task.{key}", f"must be an integer >= 1, got {value!r}")
     if split not in ("iid", "labels"):
         raise ScenarioError("task.split", f"unknown split {split!r}; allowed: iid, labels")
-    raw = load_digits(0.2, numpy_rng(seed, "data"))
-    x_tr = torch.from_numpy(raw.x_train.reshape(len(raw.x_train), 64))
-    y_tr = torch.from_numpy(raw.y_train)
-    x_te = torch.from_numpy(raw.x_test.reshape(len(raw.x_test), 64))
+    x_tr, y_tr, x_te, side = _image_data(dataset, path, seed)
+    pixels = side * side
     n = num_nodes
     per = len(x_tr) // n
     if per < 1:
-        raise ScenarioError("task.num_nodes", f"at most {len(x_tr)} nodes for the digits, "
-                            f"got {n}")
+        raise ScenarioError("task.num_nodes", f"at most {len(x_tr)} nodes for the "
+                            f"{dataset} training images, got {n}")
     g_data = torch_generator(seed, "minmax/gan_data")
     order = (torch.randperm(len(x_tr), generator=g_data) if split == "iid"
              else torch.argsort(y_tr, stable=True))
-    shards = (x_tr[order[:n * per]] * 2 - 1).reshape(n, per, 64)
-    g_sizes, d_sizes = [z_dim, hidden, hidden, 64], [64, hidden, hidden, 1]
+    shards = (x_tr[order[:n * per]] * 2 - 1).reshape(n, per, pixels)
+    g_sizes, d_sizes = [z_dim, hidden, hidden, pixels], [pixels, hidden, hidden, 1]
     d_theta, d_phi = _num_params(g_sizes), _num_params(d_sizes)
     g_init = torch_generator(seed, "minmax/gan_init")
     x0 = torch.cat((_init(g_sizes, g_init), _init(d_sizes, g_init)))
@@ -362,10 +409,10 @@ def digits_gan(num_nodes: int = 8, split: str = "iid", hidden: int = 128, z_dim:
 
     def generate(xbar: Tensor, count: int) -> Tensor:
         z = z_eval[:count] if count <= eval_samples else torch.randn(count, z_dim)
-        return ((fake_images(xbar[:d_theta].float(), z) + 1) / 2).reshape(-1, 8, 8)
+        return ((fake_images(xbar[:d_theta].float(), z) + 1) / 2).reshape(-1, side, side)
 
     def evaluate(xbar: Tensor) -> dict[str, float]:
-        images = generate(xbar, eval_samples).reshape(-1, 64)
+        images = generate(xbar, eval_samples).reshape(-1, pixels)
         feats, probs = _features(clf, images, classifier_hidden)
         return {"inception_score": inception_score(probs),
                 "fid": frechet_distance(feats, real_features)}
@@ -396,7 +443,9 @@ def save_sample_grid(task: MinMaxTask, xbar: Tensor, path, rows: int = 8) -> Non
     if task.generate is None:
         raise ValueError(f"task {task.name!r} generates no images")
     images = task.generate(xbar, rows * rows).detach().cpu()
-    grid = images.reshape(rows, rows, 8, 8).permute(0, 2, 1, 3).reshape(rows * 8, rows * 8)
+    side = images.shape[-1]
+    grid = images.reshape(rows, rows, side, side).permute(0, 2, 1, 3)
+    grid = grid.reshape(rows * side, rows * side)
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1)
     ax.axis("off")

@@ -104,11 +104,25 @@ def build_method(spec: MinMaxSpec):
         raise ScenarioError(MINMAX_KEY, str(err)) from None
 
 
-def build_task(spec: MinMaxSpec, num_nodes: int, seed: int):
-    """The task (``make_task``), its errors keyed ``algorithm.minmax.task.*``."""
+def _task_path(params: dict, base_dir) -> dict:
+    """``params`` with a relative ``path`` (the MNIST folder) taken against ``base_dir``."""
+    from pathlib import Path
+
+    path = params.get("path")
+    if isinstance(path, str) and path and base_dir is not None:
+        p = Path(path).expanduser()
+        params = {**params, "path": str(p if p.is_absolute() else Path(base_dir) / p)}
+    return params
+
+
+def build_task(spec: MinMaxSpec, num_nodes: int, seed: int, base_dir=None):
+    """The task (``make_task``), its errors keyed ``algorithm.minmax.task.*``.
+
+    ``base_dir`` (the scenario file's folder) anchors a relative ``task.path``.
+    """
     from fedsim.minmax.run import make_task
 
-    params = dict(spec.task_params)
+    params = _task_path(dict(spec.task_params), base_dir)
     if isinstance(params.get("sv_range"), list):  # TOML has arrays, the builder a tuple
         params["sv_range"] = tuple(params["sv_range"])
     try:
@@ -131,6 +145,34 @@ def minmax_graph(sc, base_dir=None):
                                                 "'star'")
     return resolve_topology(n.topology, n.topology_params, seed=sc.seed,
                             search_dirs=topology_dirs(base_dir))
+
+
+def _check_image_files(params: dict) -> None:
+    """``task.dataset`` / ``task.path`` of the digits GAN: MNIST's four files are there."""
+    from fedsim.errors import DataError
+    from fedsim.minmax.gan import IMAGE_DATASETS
+
+    dataset, path = params.get("dataset", "digits"), params.get("path")
+    if dataset not in IMAGE_DATASETS:
+        raise ScenarioError(f"{TASK_KEY}.dataset", f"unknown dataset {dataset!r}; allowed: "
+                                                   f"{', '.join(IMAGE_DATASETS)}")
+    if dataset == "digits":
+        if path is not None:
+            raise ScenarioError(f"{TASK_KEY}.path", "only used with dataset = 'mnist'; "
+                                                    "allowed: leave it out")
+        return
+    if not isinstance(path, str) or not path:
+        raise ScenarioError(f"{TASK_KEY}.path", "required for dataset 'mnist': the folder "
+                                                "of the standard MNIST IDX files")
+    from fedsim.data.base import resolve_dir
+    from fedsim.data.mnist import EXPECTED, FILES, find_file
+
+    try:
+        directory = resolve_dir(path, None, "MNIST", EXPECTED)
+        for name in FILES.values():
+            find_file(directory, name)
+    except DataError as err:
+        raise ScenarioError(f"{TASK_KEY}.path", str(err)) from None
 
 
 def check_minmax(sc, base_dir=None) -> None:
@@ -175,6 +217,8 @@ def check_minmax(sc, base_dir=None) -> None:
             if key not in allowed:
                 raise ScenarioError(f"{TASK_KEY}.{key}", f"not a parameter of {spec.task}; "
                                                          f"allowed: name, {', '.join(allowed)}")
+        if spec.task == "digits":
+            _check_image_files(_task_path(dict(spec.task_params), base_dir))
     if sc.checkpoint_every:
         raise ScenarioError("checkpoint_every", "minmax runs are not checkpointed (they are "
                                                 "short); allowed: 0")

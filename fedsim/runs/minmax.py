@@ -121,7 +121,7 @@ class MinMaxRun:
         self.method = build_method(self.spec)
         graph = minmax_graph(sc, base_dir)
         self.n = graph.number_of_nodes()
-        self.task = build_task(self.spec, self.n, sc.seed)
+        self.task = build_task(self.spec, self.n, sc.seed, base_dir)
         self.edges = graph.number_of_edges()
         task = self.task
         self.W = (torch.eye(self.n, dtype=task.dtype) if self.method.server
