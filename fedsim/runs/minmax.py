@@ -12,9 +12,11 @@ iteration): ``metrics.csv`` / ``.jsonl`` with the standard columns, then
 :data:`MINMAX_COLUMNS` and the task's own metrics (a GAN's modes covered, inception
 score, ...), on evaluated iterations (every ``eval_every`` and the last; empty on the
 others); ``timing.csv``; ``summary.json`` (the final values under ``final_minmax``);
-``scenario.toml``. No checkpoints (``checkpoint_every`` must be 0) and no ``model.pt``
-(the final average state is ``RunResult.final_params``); a digits GAN writes
-``samples.png``, a grid of its generator's samples.
+``scenario.toml``; ``checkpoint.pt`` every ``checkpoint_every`` iterations (the nodes'
+states, the method's state — moments, trackers, stored gradients —, the oracle's random
+stream and call count, the clock), so ``--resume`` writes byte-identical metrics files.
+No ``model.pt`` (the final average state is ``RunResult.final_params``); a digits GAN
+writes ``samples.png``, a grid of its generator's samples.
 
 Standard columns: ``selected`` = ``participants`` = nodes; ``bytes_up`` = the bytes the
 iteration moved (gossip: every node's state to each neighbour per mixing round; server:
@@ -58,7 +60,7 @@ def run_minmax_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = Non
         label: shown in the progress line.
         data, model, metrics, loss: not taken (the task brings its own); must be None.
         callback: called after each iteration's row is written, with the row.
-        resume: not supported (minmax runs are not checkpointed); must be False.
+        resume: continue from ``run_dir/checkpoint.pt``.
 
     Returns:
         The run directory, the summary and the final network-average state ``x_bar``.
@@ -70,21 +72,20 @@ def run_minmax_scenario(sc: Scenario, run_dir: Path, base_dir: Path | None = Non
         if value:
             raise ScenarioError("algorithm.name", f"minmax runs take no {name} (the task in "
                                 "algorithm.minmax.task brings its own)")
-    if resume:
-        raise ScenarioError("checkpoint_every", "minmax runs are not checkpointed, so they "
-                                                "cannot be resumed; run it again")
-    if sc.checkpoint_every:
-        raise ScenarioError("checkpoint_every", "minmax runs are not checkpointed (they are "
-                                                "short); allowed: 0")
     started = time.perf_counter()
     run = MinMaxRun(sc, Path(base_dir) if base_dir is not None else None)
     run.label = label or sc.name
     loop = RunLoop(sc, run_dir, label=run.label, progress=progress, device="cpu",
-                   metric_columns=run.columns, callback=callback, started=started)
+                   metric_columns=run.columns, callback=callback, resume=resume,
+                   started=started)
+    if loop.restored is not None:
+        run.load_state_dict(loop.restored)
     try:
-        for _ in range(1, sc.rounds + 1):
+        for _ in range(loop.next_round, sc.rounds + 1):
+            if run.diverged_round is not None:  # resumed after the diverged iteration
+                break
             record, walls, values = run.iteration(loop.cum_bytes)
-            loop.emit(record, walls, values)
+            loop.emit(record, walls, values, state=run.state_dict)
             if run.diverged_round is not None:
                 break
         if run.task.generate is not None and run.task.name == "digits":
@@ -178,6 +179,29 @@ class MinMaxRun:
             participants=self.n, stragglers=0, dropped=0, train_loss=None, test_loss=None,
             test_accuracy=None)
         return record, {"train_wall_s": train_wall, "eval_wall_s": eval_wall}, values
+
+    def state_dict(self) -> dict:
+        """Everything that changes from iteration to iteration (``checkpoint.pt``'s ``run``).
+
+        The clock is kept whole (its simulated time and its compute stream).
+        """
+        import copy
+
+        return {"it": self.it, "X": self.X.clone(), "method": copy.deepcopy(self.state),
+                "oracle_gen": self.op.gen.get_state(), "oracle_calls": self.op.calls,
+                "clock": copy.deepcopy(self.clock), "diverged_round": self.diverged_round,
+                "final": dict(self.final)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output."""
+        self.it = int(state["it"])
+        self.X = state["X"].to(self.task.dtype)
+        self.state = state["method"]
+        self.op.gen.set_state(state["oracle_gen"])
+        self.op.calls = int(state["oracle_calls"])
+        self.clock = state["clock"]
+        self.diverged_round = state["diverged_round"]
+        self.final = dict(state["final"])
 
     def summary(self) -> dict:
         """Run facts for summary.json beyond the standard metrics."""
