@@ -60,9 +60,10 @@ SHARE = 0.02  # the workers slow in a round, on average, in every profile below
 HEADLINE = ("bounded", 2)
 SEEDS = (0, 1, 2)
 # the regime sweep, all at the same slow share: geometric bursts (Gilbert-Elliott, mean
-# length 1 / p_recover) and bounded ones (burst_delays, fixed length, gap 10)
+# length 1 / p_recover), bounded ones (burst_delays, fixed length, then >= GAP fast
+# rounds) and bounded ones that may recur at once (gap 0)
 SWEEP = [("geometric", m) for m in (1.0, 1.25, 2.0, 2.5, 5.0)] + \
-        [("bounded", b) for b in (1, 2, 3, 4)]
+        [("bounded", b) for b in (1, 2, 3, 4)] + [("bounded, gap 0", b) for b in (2, 3)]
 FAST_S, SLOW_FACTOR, JITTER, GAP = 0.6, 3.0, 0.08, 10
 # The grid, the shape of the authors' search: GC every s; SR-SGC every B | W - 1 up to a
 # bound on the delay T = B; M-SGC every B < W with T = W - 2 + B up to that bound; every
@@ -75,17 +76,19 @@ T_MAX, SR_W_MAX = 16, 64
 def profile(kind: str, burst: float, seed: int = 0, n: int = N,
             rounds: int = JOBS + T_MAX, share: float = SHARE) -> np.ndarray:
     """``[n, rounds]`` base delays: ``kind`` ``"geometric"`` (Gilbert-Elliott, mean burst
-    ``burst`` rounds) or ``"bounded"`` (``burst_delays``: bursts of exactly ``burst``
-    rounds, then ``GAP`` fast ones), ``share`` of the workers slow in a round on average."""
+    ``burst`` rounds), ``"bounded"`` (``burst_delays``: bursts of exactly ``burst`` rounds,
+    then at least ``GAP`` fast ones) or ``"bounded, gap 0"``; ``share`` of the workers
+    slow in a round on average."""
     rng = np.random.default_rng(seed)
     if kind == "geometric":
         p_recover = 1.0 / burst
         return gilbert_elliott_delays(n, rounds, rng, p_slow=share * p_recover / (1 - share),
                                       p_recover=p_recover, fast_s=FAST_S,
                                       slow_factor=SLOW_FACTOR, jitter=JITTER)
-    # renewal cycle: ~1/p fast rounds, `burst` slow, GAP fast: slow share burst / cycle
-    p_slow = 1.0 / (burst / share - burst - GAP)
-    return burst_delays(n, rounds, rng, p_slow=p_slow, burst=int(burst), gap=GAP,
+    # renewal cycle: ~1/p fast rounds, `burst` slow, `gap` fast: slow share burst / cycle
+    gap = 0 if kind == "bounded, gap 0" else GAP
+    p_slow = 1.0 / (burst / share - burst - gap)
+    return burst_delays(n, rounds, rng, p_slow=p_slow, burst=int(burst), gap=gap,
                         fast_s=FAST_S, slow_factor=SLOW_FACTOR, jitter=JITTER)
 
 

@@ -171,8 +171,12 @@ class CodedRun:
                                                    numpy_rng(sc.seed, "partition")),
                                         device=dev)
         theta0 = self.pop.flat_params().to(dev, dt)
-        self.piece_grads = PieceGradients(self.module, self.x, self.y, self.piece_of,
-                                          self.pieces, loss=self.loss, device=dev, dtype=dt)
+        from fedsim.losses import cross_entropy
+
+        # fedsim's own cross-entropy as None: the population keeps its fused engine for it
+        self.piece_grads = PieceGradients(
+            self.module, self.x, self.y, self.piece_of, self.pieces,
+            loss=None if self.loss is cross_entropy else self.loss, device=dev, dtype=dt)
         self.loop = CodedLoop(scheme, delays, [theta0.clone() for _ in range(self.spec.models)],
                               self.piece_grads, sc.algorithm.lr, self.spec.mu)
         self.diverged_round: int | None = None
