@@ -189,8 +189,9 @@ def test_the_shipped_scenario_compares_the_five_schemes_from_the_cli(tmp_path):
     assert all(s["jobs_done"] == 60 for s in sums.values())
     exact = [sums[n]["final_accuracy"] for n in ("wait_for_all", "gc", "sr_sgc", "m_sgc")]
     assert max(exact) - min(exact) < 1e-9  # the exact schemes reach the same models
-    assert sums["m_sgc"]["sim_time_s"] < sums["gc"]["sim_time_s"] < sums["wait_for_all"][
-        "sim_time_s"]
+    t = {n: sums[n]["sim_time_s"] for n in names}  # docs: 121.4 / 132.1 / 135.9 / 184.7
+    assert t["m_sgc"] < t["sr_sgc"] < t["gc"] < t["wait_for_all"]
+    assert all(sums[n]["gradient_engine"] == "fused_mlp" for n in names)
 
 
 BAD = [
