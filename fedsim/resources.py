@@ -25,8 +25,9 @@ Parts (host memory, bytes):
   vectors ``[m, d]`` (one for SGD momentum, two for Adam); with ``state = "keep"`` also
   one copy per client that can train, ``min(num_clients, rounds x m)``;
 * decentralized ``nodes``: the node models ``[n, d]`` four times (x, x~, the trained rows,
-  the mixed rows); ``mixing``: D-SGD's dense Metropolis matrix ``n x n`` (float64 and a
-  float32 copy); ``events``: 600 bytes per event of the asynchronous schedule and plan
+  the mixed rows); ``mixing``: D-SGD's Metropolis matrix, dense ``n x n`` (float64 and a
+  float32 copy) up to ``DENSE_MAX_NODES`` nodes, sparse beyond (20 bytes an entry: one per
+  node and per edge direction); ``events``: 600 bytes per event of the asynchronous schedule and plan
   and 16 bytes per sample index of the local steps' minibatches;
 * ``runtime``: 400 MiB for the interpreter, numpy and torch;
 * ``graph``: networkx's dicts, about 400 bytes per node and 600 per edge.
@@ -52,6 +53,7 @@ from pathlib import Path
 
 from fedsim.config import Scenario
 from fedsim.errors import ScenarioError
+from fedsim.network.mixing import DENSE_MAX_NODES
 
 MEMORY_ENV = "FEDSIM_MEMORY_LIMIT_BYTES"
 DEVICE_MEMORY_ENV = "FEDSIM_DEVICE_MEMORY_LIMIT_BYTES"
@@ -295,12 +297,15 @@ def estimate(sc: Scenario, base_dir: Path | None = None, params: int | None = No
                          f"{nodes:,} node models of {P:,} parameters")
         host.append(node_part)
         device.append(node_part)
-        if a.name == "dsgd":
+        if a.name == "dsgd" and nodes <= DENSE_MAX_NODES:
             host.append(Part("mixing", 12 * nodes * nodes, "data.num_clients",
                              f"dense {nodes:,} x {nodes:,} mixing matrix"))
             if sc.device != "cpu":
                 device.append(Part("mixing", 4 * nodes * nodes, "data.num_clients",
                                    f"dense {nodes:,} x {nodes:,} mixing matrix"))
+        elif a.name == "dsgd":  # sparse: int64 column and float64 + float32 value per entry
+            host.append(Part("mixing", 20 * (nodes + 2 * edges), "network.topology_params",
+                             f"sparse mixing matrix, {nodes + 2 * edges:,} entries"))
         else:
             horizon = sc.rounds * a.eval_interval_s
             try:
@@ -486,6 +491,36 @@ def check_resources(sc: Scenario, base_dir: Path | None = None,
     if dev is not None:
         _refuse_if_over(est.device, *dev, "GPU memory")
     return est
+
+
+def check_cohort_memory(sc: Scenario, m: int, d: int, element_size: int, device: str
+                        ) -> None:
+    """Refuse a federated run whose round would not fit, before its first round.
+
+    What ``check_resources`` sizes from a scenario file's fields, measured here on the
+    built run (``fedsim.run`` and the benches pass here too): the stacked ``[m, d]``
+    update matrices against the memory still free where they live. One matrix (the
+    updates, a buffer kept across rounds) plus one per stage that makes new rows: a
+    compressor or DP clipping on the uplink, an update attack, an aggregator other than
+    the mean (its working copy).
+
+    Raises:
+        ScenarioError: naming ``clients_per_round``.
+    """
+    from fedsim.stages.attacks import UPDATE_ATTACKS
+
+    a = sc.algorithm
+    copies = (1 + (a.compress.get("name", "none") != "none" or sc.privacy.mode != "none")
+              + (sc.attack.name != "none" and sc.attack.name in UPDATE_ATTACKS)
+              + (a.aggregator.get("name", "mean") != "mean"))
+    need = copies * m * d * element_size
+    part = Part("cohort", need, "clients_per_round",
+                f"{copies} x {m:,} clients x {d:,} parameters x {element_size} bytes")
+    dev = available_device_memory(device)
+    if dev is not None:
+        _refuse_if_over([part], *dev, "GPU memory")
+    else:
+        _refuse_if_over([part], *available_memory(), "memory")
 
 
 def _refuse_if_over(parts: list[Part], avail: int, source: str, what: str) -> None:

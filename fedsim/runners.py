@@ -14,7 +14,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -389,6 +389,8 @@ class FederatedRun:
 
         from fedsim.algorithms import build_algorithm
         from fedsim.data import load_federated
+        from fedsim.resources import check_cohort_memory
+        from fedsim.runs.workspace import UpdateWorkspace
 
         self.sc = sc
         self.label = sc.name  # names the run in its warnings (run_scenario sets it)
@@ -403,9 +405,7 @@ class FederatedRun:
         self.backdoor_test = _backdoor_test(sc, data, self.device)
         self.pop, self.x_test, self.y_test = build_population(sc, data, self.device, model,
                                                               base_dir, loss)
-        # Index arrays stay numpy until a client trains: the population joins them and
-        # moves them in one transfer (no tensors for a whole 100k population at setup).
-        self.client_idx = data.client_indices
+        self.client_idx = data.client_indices  # numpy, by client id (Ray, Flower)
         self.sizes = data.client_sizes()
         self.clock = build_clock(sc, base_dir)
         self.privacy = None  # DP-FedAvg (fedsim.privacy.federated), with [privacy] mode set
@@ -422,12 +422,14 @@ class FederatedRun:
 
         n, d = sc.data.num_clients, self.pop.d
         self.params = self.pop.flat_params().to(self.device)
+        self.workspace = UpdateWorkspace(d, self.params.dtype, self.device)
         # model.buffers: global buffers ("average") or one row per client ("local")
         self.local_buffers = sc.model.buffers == "local"
         self.buffers = self.client_buffers = self.trained = None
         self.integer_buffers = integer_buffers(self.pop)
         self.user_metrics = UserMetrics(self.pop, check_metrics(metrics))
-        self.trainer: Trainer = LocalTrainer(self.pop, self.client_idx)  # run_scenario's ray=
+        # run_scenario's ray= replaces it; the local one holds the indices as CSR on the device
+        self.trainer: Trainer = LocalTrainer(self.pop, self.client_idx)
         self.last_metrics: dict[str, float] = {}  # this round's (empty when not evaluated)
         self.final_metrics: dict[str, float] = {}  # the last evaluated round's
         if self.pop.d_buffers:
@@ -447,6 +449,7 @@ class FederatedRun:
         self.bytes_down = 4 * d if downlink is None else downlink.nbytes(d)
         over = sc.network.over_selection if sc.network.policy == "first_k" else 1.0
         self.m_target = min(n, math.ceil(sc.clients_per_round * over))
+        check_cohort_memory(sc, self.m_target, d, self.params.element_size(), self.device)
         self.diverged_round: int | None = None
         self.stopped: str | None = None  # why the run ended before its last round
         self.not_converged_rounds = 0
@@ -455,7 +458,7 @@ class FederatedRun:
 
     def select(self) -> np.ndarray:
         """The round's cohort, drawn from the clients online now (sampling stream)."""
-        available = np.asarray(self.clock.available(), dtype=np.int64)
+        available = self.clock.available_ids()
         m = min(self.m_target, len(available))
         return self.sampling.choice(available, size=m, replace=False) if m else available[:0]
 
@@ -464,13 +467,12 @@ class FederatedRun:
         sc, alg = self.sc, self.alg
         selected = self.select()
         k = min(sc.clients_per_round, len(selected)) if sc.network.policy == "first_k" else None
-        sched = self.clock.run_round(rnd, selected.tolist(),
-                                     (self.sizes[selected] * alg.client.epochs).tolist(),
+        sched = self.clock.run_round(rnd, selected, self.sizes[selected] * alg.client.epochs,
                                      self.bytes_down, self.bytes_up, k=k)
-        done = list(sched.completed)
+        done = sched.completed_ids
         self.rejected = self.honest_rejected = 0
         t0 = time.perf_counter()
-        train_loss, agg_wall = (self._update(rnd, done) if done else (None, 0.0))
+        train_loss, agg_wall = (self._update(rnd, done) if len(done) else (None, 0.0))
         train_wall = time.perf_counter() - t0 - agg_wall
         self._check_finite(rnd)
         t0 = time.perf_counter()
@@ -480,8 +482,8 @@ class FederatedRun:
             round=rnd, sim_time_s=sched.end_s, round_time_s=sched.duration_s,
             bytes_up=sched.bytes_up, bytes_down=sched.bytes_down,
             cum_bytes=cum_bytes + sched.bytes_up + sched.bytes_down,
-            selected=len(sched.selected), participants=len(done),
-            stragglers=len(sched.stragglers), dropped=len(sched.dropped),
+            selected=len(sched.selected_ids), participants=len(done),
+            stragglers=sched.num_stragglers, dropped=sched.num_dropped,
             train_loss=train_loss, test_loss=test_loss, test_accuracy=test_acc,
             rejected=self.rejected,
         )
@@ -501,8 +503,9 @@ class FederatedRun:
         self.last_metrics = {}
         return None, None
 
-    def _update(self, rnd: int, done: list[int]) -> tuple[float, float]:
-        """Train the reporting clients, run the uplink, attack, aggregate; (loss, agg wall s)."""
+    def _update(self, rnd: int, done: Sequence[int]) -> tuple[float, float]:
+        """Train the reporting clients ``done`` (ids, in arrival order), run the uplink,
+        attack, aggregate; (loss, agg wall s)."""
         import torch
 
         from fedsim.byzantine import byzantine_mask
@@ -511,15 +514,16 @@ class FederatedRun:
 
         alg, st, device = self.alg, self.states, self.device
         c = alg.client
+        done = np.asarray(done, dtype=np.int64)
+        senders = torch.from_numpy(done).to(device)
         start_buffers = self.buffers
         if self.client_buffers is not None:
-            start_buffers = self.client_buffers[torch.tensor(done, device=device)]
+            start_buffers = self.client_buffers[senders]
         res = self.trainer.train(self.params, done, lr=c.lr, epochs=c.epochs,
                                  batch_size=c.batch_size, mu=c.mu, gen=self.gens["training"],
-                                 buffers=start_buffers)
+                                 buffers=start_buffers, out=self.workspace.rows(len(done)))
         weights = (res.num_samples.to(self.params.dtype) if alg.weighted
                    else torch.ones(len(done), dtype=self.params.dtype, device=device))
-        senders = torch.tensor(done, device=device)
         ctx = Ctx(step=rnd, senders=senders, weights=weights.to(device),
                   byzantine=byzantine_mask(senders, self.is_byzantine), gen=self.gens["noise"])
         rows, st["uplink"] = alg.uplink.update(res.updates, st["uplink"], ctx)
@@ -530,7 +534,7 @@ class FederatedRun:
         self.rejected_rows += self.rejected
         self.honest_rejected = int((~ctx.byzantine).sum() - (~actx.byzantine).sum())
         if self.privacy is not None:  # every row sent was released, kept or not
-            self.privacy.record(np.asarray(done, dtype=np.int64))
+            self.privacy.record(done)
         if rows.shape[0]:  # every row rejected: the round applies no update
             agg, st["aggregate"] = alg.aggregate.aggregate(rows, st["aggregate"], actx)
             self.not_converged_rounds += _not_converged(st["aggregate"])
@@ -540,17 +544,18 @@ class FederatedRun:
         if res.buffers is not None:
             self._update_buffers(done, res.buffers, weights, senders, actx.senders)
         agg_wall = time.perf_counter() - t0
+        self.workspace.check(st)  # a stage that kept a view of the rows keeps the buffer
         w = weights.to(res.losses.device)
         return float((res.losses * w).sum() / w.sum()), agg_wall
 
-    def _update_buffers(self, done: list[int], rows: Tensor, weights: Tensor, senders: Tensor,
+    def _update_buffers(self, done: np.ndarray, rows: Tensor, weights: Tensor, senders: Tensor,
                         kept: Tensor) -> None:
         """``model.buffers``: store each client's buffers (local), or average the buffers of
         the clients whose update was kept and is finite, with the parameters' weights."""
         import torch
 
         if self.client_buffers is not None:
-            self.client_buffers[torch.tensor(done, device=self.device)] = rows
+            self.client_buffers[senders] = rows
             self.trained[done] = True
             return
         use = torch.isin(senders, kept) & rows.isfinite().all(dim=1)

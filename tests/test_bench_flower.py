@@ -36,7 +36,7 @@ def test_draw_local_orders_match_population_draws() -> None:
     gen_pop.manual_seed(123)
     gen_mine.manual_seed(123)
 
-    drawn = pop._draw_orders(indices, torch.tensor(counts), 2, gen_pop)  # [E, m, max_n]
+    drawn = pop.draw_orders(indices, 2, gen_pop)  # [E, m, max_n]
     local = flower_bench.draw_local_orders(counts, 2, gen_mine)
 
     assert local.shape == drawn.shape

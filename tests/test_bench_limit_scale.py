@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from fedsim.bench import limit_bench, workload
+from fedsim.bench import limit_bench, limit_programs, workload
 from fedsim.cli import main
 
 
@@ -53,13 +53,13 @@ def test_limit_bench_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(parts) == {
         "setup: model", "setup: population (data to tensors)", "setup: clock",
         "setup: other (runner, writer, algorithm)", "round: clock", "round: training",
-        "training: index checks", "training: shuffles", "training: local SGD",
+        "round: cohort indices (CSR gather)", "training: shuffles", "training: local SGD",
         "round: aggregation + server step", "round: evaluation", "round: file writing",
         "round: other (sampling, bookkeeping)", "finish: summary, files", "total"}
     assert _finite_positive(parts["total"], parts["round: training"])
     assert all(math.isfinite(v) and 0 <= v <= parts["total"] for v in parts.values())
     # the parts of training (medians of nested timers) each within training
-    for key in ("training: index checks", "training: shuffles", "training: local SGD"):
+    for key in ("training: shuffles", "training: local SGD"):
         assert parts[key] <= parts["round: training"]
 
 
@@ -89,6 +89,13 @@ def test_scale_bench_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     assert 0 < fig["rss_before_run_mb"] <= fig["peak_rss_during_run_mb"] + 1
     assert fig["peak_rss_during_run_mb"] <= fig["peak_rss_mb"] + 1
     assert 0 <= fig["final_accuracy"] <= 1
+    # the simulator's overhead: the mean round minus its training and aggregation work
+    assert fig["overhead_s"] >= 0
+    assert fig["overhead_us_per_client"] == pytest.approx(fig["overhead_s"] / 10 * 1e6,
+                                                          abs=5.1)  # overhead_s: 4 decimals
+    work = (parts["training: local SGD"] + parts["training: shuffles"]
+            + parts["round: aggregation + server step"])
+    assert fig["overhead_s"] <= max(0.0, fig["total_run_s"] / fig["rounds"] - work) + 1e-3
 
 
 def test_limit_program_matches_fedsim_with_two_epochs_and_partial_batches() -> None:
@@ -106,9 +113,13 @@ def test_limit_program_matches_fedsim_with_two_epochs_and_partial_batches() -> N
     with tempfile.TemporaryDirectory() as tmp:
         res = run_scenario(workload.scenario(w), tmp, progress=False, data=data)
     fedsim_params, _ = limit_bench._fedsim_final_params(res, w, data)
-    for chunk in (None, 4):
-        limit = limit_bench._limit_side(w, data, chunk=chunk)
-        assert torch.allclose(fedsim_params, limit, rtol=limit_bench.RTOL, atol=limit_bench.ATOL)
+    for program in (limit_programs.vmapped, limit_programs.fused):
+        for chunk in (None, 4):
+            limit = program(w, data, chunk=chunk)
+            assert torch.allclose(fedsim_params, limit, rtol=limit_bench.RTOL,
+                                  atol=limit_bench.ATOL), (program.__name__, chunk)
+        assert not torch.allclose(fedsim_params, program(dataclasses.replace(w, lr=0.06), data),
+                                  rtol=limit_bench.RTOL, atol=limit_bench.ATOL)
 
 
 def test_replay_stands_for_the_run_when_the_result_has_no_params() -> None:

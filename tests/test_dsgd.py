@@ -13,7 +13,7 @@ import torch
 from fedsim.config import NetworkConfig
 from fedsim.decentralized import accelerated_gossip, randomized_gossip
 from fedsim.decentralized.dsgd import async_gossip_sgd, dsgd_round, plan_async
-from fedsim.decentralized.runner import train_rows
+from fedsim.decentralized.runner import mixing_matrix, train_rows
 from fedsim.errors import ScenarioError
 from fedsim.network.async_gossip_clock import AsyncGossipClock
 from fedsim.network.mixing import metropolis_weights
@@ -260,6 +260,22 @@ def test_dsgd_on_a_ring_of_8_is_close_to_fedavg(tmp_path):
     assert acc["fedavg"] > 0.85, acc
     assert acc["dsgd"] > acc["fedavg"] - 0.08, acc
     assert acc["acc"] > acc["fedavg"] - 0.10, acc
+
+
+def test_sparse_mixing_beyond_the_dense_limit_gives_the_same_run(tmp_path, monkeypatch):
+    """Past ``DENSE_MAX_NODES`` D-SGD mixes with the sparse CSR matrix: the same weights,
+    summed in another order, so the same run up to float rounding."""
+    import fedsim.network.mixing as mixing
+
+    path = write(tmp_path, n=8, rounds=3, model="mlp")
+    (dense,) = run(path, tmp_path / "dense", "dsgd")
+    monkeypatch.setattr(mixing, "DENSE_MAX_NODES", 4)
+    assert mixing_matrix(ring(8), torch.float32, "cpu").layout == torch.sparse_csr
+    (sparse,) = run(path, tmp_path / "sparse", "dsgd")
+    a, b = read_metrics(dense.run_dir), read_metrics(sparse.run_dir)
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["test_loss"] == pytest.approx(rb["test_loss"], rel=1e-5)
+        assert ra["bytes_up"] == rb["bytes_up"] and ra["sim_time_s"] == rb["sim_time_s"]
 
 
 # --------------------------------------------------------------------------- validation

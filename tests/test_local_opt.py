@@ -108,7 +108,7 @@ OPTS = {
 def _round(pop: Population, w0, ids, seed: int, mu: float = 0.0):
     idx = [_clients()[i] for i in ids]
     counts = torch.tensor([len(i) for i in idx])
-    orders = pop._draw_orders(idx, counts, EPOCHS, torch.Generator().manual_seed(seed))
+    orders = pop.draw_orders(idx, EPOCHS, torch.Generator().manual_seed(seed))
     res = pop.train(w0, idx, lr=0.05, epochs=EPOCHS, batch_size=BS, mu=mu,
                     gen=torch.Generator().manual_seed(seed), clients=ids)
     return res, orders, counts.tolist()

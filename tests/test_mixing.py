@@ -14,6 +14,7 @@ from fedsim.network.mixing import (
     algebraic_connectivity,
     is_doubly_stochastic,
     laplacian,
+    metropolis_csr,
     metropolis_weights,
     second_largest_eigenvalue_modulus,
     spectral_gap,
@@ -125,3 +126,19 @@ def test_spectral_helpers_reject_non_symmetric() -> None:
         spectral_gap(np.array([[0.5, 0.5], [0.0, 1.0]]))
     with pytest.raises(ValueError):
         metropolis_weights(nx.DiGraph([(0, 1)]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(connected_graphs(max_nodes=30))
+def test_sparse_metropolis_holds_the_dense_weights(G: nx.Graph) -> None:
+    """``metropolis_csr`` (D-SGD beyond ``DENSE_MAX_NODES``) is the dense matrix's CSR form."""
+    indptr, indices, data = metropolis_csr(G)
+    n = G.number_of_nodes()
+    dense = np.zeros((n, n))
+    for i in range(n):
+        cols = indices[indptr[i]:indptr[i + 1]]
+        assert list(cols) == sorted(cols)  # CSR: increasing columns within a row
+        dense[i, cols] = data[indptr[i]:indptr[i + 1]]
+    np.testing.assert_allclose(dense, metropolis_weights(G), rtol=0, atol=1e-15)
+    edges = sum(1 for u, v in G.edges if u != v)
+    assert len(data) == n + 2 * edges  # no stored zeros off the graph

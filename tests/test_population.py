@@ -282,3 +282,29 @@ def test_per_client_starting_points(name, mu):
     assert torch.allclose(rows.updates, shared.updates, atol=1e-5)
     with pytest.raises(ValueError, match="global_params"):
         pop.train(starts[:2], clients, gen=_gen(), **kw)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn_bn"])
+def test_accuracy_rows_is_evaluate_row_by_row(kind: str) -> None:
+    """The batched accuracy of many models (a graph's nodes) equals evaluating each alone,
+    with per-row buffers for a model with BatchNorm."""
+    if kind == "mlp":
+        model = build_model(ModelConfig("mlp", (16,)), (6,), 4, seed=3)
+        x, y = _data(70, (6,))
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(3 * 4 * 4, 4))
+        x, y = _data(70, (1, 6, 6))
+    pop = Population(model, x, y)
+    g = torch.Generator().manual_seed(1)
+    rows = pop.flat_params() + 0.5 * torch.randn(9, pop.d, generator=g)
+    bufs = None
+    if pop.d_buffers:
+        bufs = pop.flat_buffers().expand(9, -1).clone()
+        bufs[:, :3] += torch.rand(9, 3, generator=g)  # running means differ per row
+    got = pop.accuracy_rows(rows, x, y, batch_size=32, buffers=bufs)
+    want = [pop.evaluate(r, x, y, batch_size=32,
+                         buffers=None if bufs is None else bufs[i])[1]
+            for i, r in enumerate(rows)]
+    assert got == want
+    assert len(set(want)) > 1  # the rows are different models

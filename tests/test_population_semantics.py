@@ -268,7 +268,7 @@ def test_models_without_randomness_draw_nothing_more_from_the_stream():
         gen = _gen()
         pop.train(pop.flat_params(), _clients(sizes), lr=0.1, epochs=2, batch_size=4, gen=gen)
         ref = _gen()
-        pop._draw_orders(_clients(sizes), torch.tensor(sizes), 2, ref)
+        pop.draw_orders(_clients(sizes), 2, ref)
         assert torch.equal(gen.get_state(), ref.get_state())
 
 

@@ -159,14 +159,18 @@ def test_estimate_grows_with_what_drives_it():
     assert part[1]["model"] - part[0]["model"] == 2 * 4 * (4096 - 1000) * 64
 
 
-def test_dsgd_counts_its_dense_mixing_matrix():
+@pytest.mark.parametrize("n", [2_000, 20_000])
+def test_dsgd_counts_its_mixing_matrix(n):
+    """Dense ``n x n`` up to ``DENSE_MAX_NODES`` nodes, sparse (an entry per node and per
+    edge direction) beyond."""
     sc = Scenario(algorithm=Scenario().algorithm.__class__(name="dsgd"),
-                  data=DataConfig(num_clients=20_000),
+                  data=DataConfig(num_clients=n),
                   network=Scenario().network.__class__(topology="ring",
-                                                        topology_params={"n": 20_000}))
+                                                        topology_params={"n": n}))
     parts = {p.name: p for p in resources.estimate(sc).host}
-    assert parts["mixing"].bytes == 12 * 20_000**2
-    assert parts["graph"].detail == "20,000 nodes, 20,000 edges"
+    dense = n <= resources.DENSE_MAX_NODES
+    assert parts["mixing"].bytes == (12 * n**2 if dense else 20 * 3 * n)
+    assert parts["graph"].detail == f"{n:,} nodes, {n:,} edges"
 
 
 def test_resources_imports_no_torch():
@@ -195,3 +199,30 @@ def test_a_factory_model_is_sized_once_built(monkeypatch, tmp_path):
         validate_scenario(sc, tmp_path)
     monkeypatch.setenv(resources.MEMORY_ENV, CAP)
     validate_scenario(sc, tmp_path)  # fits in 8 GB
+
+
+def test_a_run_built_from_python_is_refused_before_its_first_round(monkeypatch, tmp_path):
+    """``run_scenario`` with data given (fedsim.run, the benches) checks the cohort it
+    built: the stacked updates against the memory free, one line naming the field."""
+    import dataclasses
+
+    from fedsim.bench import workload
+    from fedsim.runners import run_scenario
+
+    w = workload.Workload(clients=40, rounds=1, samples_per_client=5)
+    data = workload.make_data(w)
+    d = 60 * 200 + 200 + 200 * 10 + 10
+    monkeypatch.setenv(resources.MEMORY_ENV, str(40 * d * 4 - 1))  # one byte short
+    with pytest.raises(ScenarioError, match=r"^clients_per_round: .*1 x 40 clients x "
+                                            r"14,210 parameters x 4 bytes") as err:
+        run_scenario(workload.scenario(w), tmp_path / "a", progress=False, data=data)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "a" / "metrics.csv").exists()
+    # a robust aggregator and an update attack each add a working copy of the rows
+    sc = workload.scenario(w)
+    sc = dataclasses.replace(sc, algorithm=dataclasses.replace(sc.algorithm,
+                                                               aggregator={"name": "gm"}))
+    with pytest.raises(ScenarioError, match=r"2 x 40 clients"):
+        run_scenario(sc, tmp_path / "b", progress=False, data=data)
+    monkeypatch.setenv(resources.MEMORY_ENV, str(40 * d * 4))  # exactly enough: it runs
+    run_scenario(workload.scenario(w), tmp_path / "c", progress=False, data=data)

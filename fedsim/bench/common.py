@@ -37,6 +37,37 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device cpu|cuda|cuda:N|auto`` (default cpu) for a bench with tensor work."""
+    parser.add_argument("--device", default="cpu",
+                        help="where fedsim and the hand-written programs run: cpu (default), "
+                             "cuda, cuda:N, or auto (cuda when torch sees a GPU)")
+
+
+def bench_device(name: str) -> str:
+    """``--device`` resolved as a scenario's ``device`` is; a device torch cannot use is a
+    one-line error naming ``--device``."""
+    from fedsim.errors import FedsimError, ScenarioError
+    from fedsim.runners import resolve_device
+
+    if name != "cpu" and name != "auto" and name != "cuda" and not (
+            name.startswith("cuda:") and name[5:].isdigit()):
+        raise FedsimError(f"--device: must be cpu, cuda, cuda:N or auto, got {name!r}")
+    try:
+        return resolve_device(name)
+    except ScenarioError as exc:
+        raise FedsimError(f"--device: {exc.message}") from None
+
+
+def device_name(device: str) -> str:
+    """The device in words for a report: the GPU's name, or the CPU count."""
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({os.cpu_count()} cpus)"
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     """(seconds, result) of one call, by ``time.perf_counter``."""
     start = time.perf_counter()

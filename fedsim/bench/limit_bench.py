@@ -40,7 +40,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from fedsim.bench import common, workload
+from fedsim.bench import common, limit_programs, workload
 from fedsim.errors import FedsimError
 
 # Tolerances of the final-model check: both sides do the same float32 arithmetic,
@@ -62,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chunked-limit", action="store_true",
                         help="skip the third side: the limit program vmapping fedsim's chunk "
                              "of clients at a time")
+    common.add_device_argument(parser)
 
 
 def run(args: argparse.Namespace, log: TextIO) -> dict:
@@ -78,24 +79,31 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
     if args.clients < 1 or args.rounds < 1 or args.repeats < 1:
         raise FedsimError("--clients, --rounds and --repeats must be >= 1")
     thread_list = _parse_threads(args.threads)
+    device = common.bench_device(args.device)
     w = workload.Workload(clients=args.clients, rounds=args.rounds)
     data = workload.make_data(w)
     sides: dict[str, Callable[[workload.Workload, Any], Any]] = {
-        "fedsim": _fedsim_side, "limit": _limit_side}
+        "fedsim": lambda w, data: _fedsim_side(w, data, device),
+        "limit": lambda w, data: limit_programs.vmapped(w, data, device=device)}
     chunk = None
     if not args.no_chunked_limit:
-        chunk = _fedsim_chunk(w, data)
-        sides["limit_chunked"] = lambda w, data: _limit_side(w, data, chunk=chunk)
-    engine, engine_chunk = _fedsim_engine(w, data)
+        chunk = _fedsim_chunk(w, data, device)
+        sides["limit_chunked"] = lambda w, data: limit_programs.vmapped(w, data, chunk, device)
+    engine, engine_chunk = _fedsim_engine(w, data, device)
+    if engine == "fused_mlp":  # like for like: a hand-written bmm program, fedsim's chunk
+        sides["limit_fused"] = lambda w, data: limit_programs.fused(w, data, engine_chunk,
+                                                                   device)
     print(f"limit bench: {w.clients} clients x {w.samples_per_client} samples, {w.rounds} rounds, "
           f"MLP {w.dim}-{w.hidden}-{w.classes}, batch {w.batch_size}, {w.epochs} epoch(s); "
           f"{args.repeats} interleaved repeats; torch {torch.__version__}, "
-          f"{os.cpu_count()} cpus", file=log)
-    print(f"  fedsim trains with its {engine!r} engine, {engine_chunk} clients per chunk on CPU",
-          file=log)
+          f"{common.device_name(device)}", file=log)
+    print(f"  fedsim trains with its {engine!r} engine, {engine_chunk} clients per chunk on "
+          f"{device}", file=log)
     print("  limit: all clients in one vmapped batch (the straightforward program)"
           + (f"; limit_chunked: the same, {chunk} clients at a time (fedsim's vmap chunk), "
-             "summing the weighted models per chunk" if chunk else ""), file=log)
+             "summing the weighted models per chunk" if chunk else "")
+          + ("; limit_fused: the MLP's SGD by hand as bmm products, fedsim's fused chunk "
+             "at a time" if "limit_fused" in sides else ""), file=log)
 
     times: dict[tuple[int | None, str], list[float]] = defaultdict(list)
     faults: dict[tuple[int | None, str], list[int]] = defaultdict(list)
@@ -122,7 +130,7 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
         print(f"threads {_label(threads)}: median wall time of one run (and every repeat)",
               file=log)
         for side in sides:
-            final = fedsim_params if side == "fedsim" else last[threads, side]
+            final = fedsim_params if side == "fedsim" else last[threads, side].cpu()
             diff = float((fedsim_params - final).abs().max())
             agree = bool(torch.allclose(fedsim_params, final, rtol=RTOL, atol=ATOL))
             fault_mb = statistics.median(faults[threads, side]) * _PAGE_MB
@@ -148,8 +156,11 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
         "ratio_fedsim_over_limit": first["ratio_fedsim_over_limit"],
         "models_agree": all(v for k, v in first.items() if k.startswith("models_agree")),
         "threads": _label(thread_list[0]), "repeats": args.repeats,
-        "engine": engine, "engine_chunk": engine_chunk,
+        "engine": engine, "engine_chunk": engine_chunk, "device": common.device_name(device),
     }
+    if "limit_fused" in sides:
+        figures.update(limit_fused_s=first["limit_fused_s"],
+                       ratio_fedsim_over_limit_fused=first["ratio_fedsim_over_limit_fused"])
     if chunk:
         figures.update(limit_chunked_s=first["limit_chunked_s"], limit_chunk=chunk,
                        ratio_fedsim_over_limit_chunked=first["ratio_fedsim_over_limit_chunked"])
@@ -158,99 +169,44 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
                                  for k, v in by_threads.items()}
     if not args.no_breakdown:
         with common.torch_threads(thread_list[0]):
-            breakdown = _breakdown(w, data)
+            breakdown = _breakdown(w, data, device)
         _print_breakdown(breakdown, w.rounds, log)
         figures["breakdown_s"] = {k.strip(): round(v, 4) for k, v in breakdown.items()}
     return figures
 
 
-def _fedsim_engine(w: workload.Workload, data) -> tuple[str, int]:
-    """fedsim's training engine for this workload's model on CPU, and its chunk of clients."""
+def _fedsim_engine(w: workload.Workload, data, device: str) -> tuple[str, int]:
+    """fedsim's training engine for this workload's model on ``device``, and its chunk of
+    clients."""
     import torch
 
     from fedsim.population import Population
 
     pop = Population(workload.make_model(w), torch.from_numpy(data.x_train[:1]),
-                     torch.from_numpy(data.y_train[:1]))
+                     torch.from_numpy(data.y_train[:1]), device=device)
     chunk = (pop._fused_chunk_size(w.batch_size) if pop.engine == "fused_mlp"
              else pop._chunk_size(w.batch_size))
     return pop.engine, min(w.clients, chunk)
 
 
-def _fedsim_chunk(w: workload.Workload, data) -> int:
-    """How many clients fedsim's generic (vmap) engine takes at once for this workload on CPU."""
+def _fedsim_chunk(w: workload.Workload, data, device: str) -> int:
+    """How many clients fedsim's generic (vmap) engine takes at once for this workload."""
     import torch
 
     from fedsim.population import Population
 
     pop = Population(workload.make_model(w), torch.from_numpy(data.x_train[:1]),
-                     torch.from_numpy(data.y_train[:1]))
+                     torch.from_numpy(data.y_train[:1]), device=device)
     return min(w.clients, pop._chunk_size(w.batch_size))
 
 
 # --------------------------------------------------------------------------- the two sides
-def _fedsim_side(w: workload.Workload, data) -> Any:
+def _fedsim_side(w: workload.Workload, data, device: str = "cpu") -> Any:
     """One full fedsim run of the workload into a fresh temporary directory."""
     from fedsim.runners import run_scenario
 
     with tempfile.TemporaryDirectory(prefix="fedsim_limit_") as tmp:
-        return run_scenario(workload.scenario(w), tmp, progress=False, data=data)
-
-
-def _limit_side(w: workload.Workload, data, chunk: int | None = None):
-    """The limit: R rounds of vmapped FedAvg over all N clients, nothing else.
-
-    Args:
-        w: the workload.
-        data: its federated data (equal client sizes).
-        chunk: None trains all N clients in one vmapped batch (the straightforward
-            program); a number trains them ``chunk`` at a time and sums the weighted
-            models chunk by chunk (a tuned variant: no ``[N, d]`` matrix at all).
-
-    Returns:
-        The final global parameters as one flat ``[d]`` vector.
-    """
-    import torch
-    import torch.nn.functional as F
-    from torch.func import functional_call, grad, vmap
-
-    from fedsim.seeding import numpy_rng, torch_generator
-
-    model = workload.make_model(w)
-    x = torch.from_numpy(data.x_train)
-    y = torch.from_numpy(data.y_train)
-    client_rows = torch.from_numpy(np.stack(data.client_indices))  # [N, n], equal sizes
-    n_clients, n = client_rows.shape
-    weight = 1.0 / n_clients  # sample-count weights, all equal
-    step = chunk or n_clients
-    global_params = {k: v.detach().clone() for k, v in model.named_parameters()}
-
-    def loss_fn(params: dict, xb, yb):
-        return F.cross_entropy(functional_call(model, params, (xb,)), yb)
-
-    vgrad = vmap(grad(loss_fn))
-    sampling = numpy_rng(w.seed, "sampling")  # the runner's streams
-    gen = torch_generator(w.seed, "training")
-    for _ in range(w.rounds):
-        cohort = torch.from_numpy(sampling.choice(n_clients, size=n_clients, replace=False))
-        rows = client_rows[cohort]
-        orders = [rows.gather(1, torch.rand(n_clients, n, generator=gen).argsort(dim=1,
-                                                                                stable=True))
-                  for _ in range(w.epochs)]
-        new_params = {k: torch.zeros_like(v) for k, v in global_params.items()}
-        for lo in range(0, n_clients, step):
-            m = min(step, n_clients - lo)
-            stacked = {k: v.expand(m, *v.shape).clone() for k, v in global_params.items()}
-            for order in orders:
-                for s in range(0, n, w.batch_size):
-                    batch = order[lo : lo + m, s : s + w.batch_size]
-                    grads = vgrad(stacked, x[batch], y[batch])
-                    for k, p in stacked.items():
-                        p.sub_(grads[k], alpha=w.lr)
-            for k, p in stacked.items():
-                new_params[k].add_(p.sum(dim=0), alpha=weight)
-        global_params = new_params
-    return torch.cat([p.reshape(-1) for p in global_params.values()])
+        return run_scenario(workload.scenario(w, device), tmp, progress=False, data=data)
 
 
 def _fedsim_final_params(result: Any, w: workload.Workload, data):
@@ -340,8 +296,10 @@ def patched_runner(probe: Probe) -> Iterator[None]:
     import fedsim.algorithms
     import fedsim.models
     import fedsim.runners
+    import fedsim.stages.numerics
     from fedsim.network.clock import FederatedClock
     from fedsim.population import Population
+    from fedsim.population.index import ClientIndex
     from fedsim.results.records import RunWriter
 
     def timed_algorithm(cfg: Any, *args: Any, **kwargs: Any) -> Any:
@@ -361,12 +319,14 @@ def patched_runner(probe: Probe) -> Iterator[None]:
         (fedsim.algorithms, "build_algorithm", timed_algorithm),
         (Population, "__init__",
          probe.wrap("setup: population (data to tensors)", Population.__init__)),
-        (FederatedClock, "available",
-         probe.wrap("round: clock", FederatedClock.available, mark_first="rounds_start")),
+        (FederatedClock, "available_ids",
+         probe.wrap("round: clock", FederatedClock.available_ids, mark_first="rounds_start")),
         (FederatedClock, "run_round", probe.wrap("round: clock", FederatedClock.run_round)),
         (Population, "train", probe.wrap("round: training", Population.train)),
-        (Population, "_check_indices",
-         probe.wrap("  training: index checks", Population._check_indices)),
+        (ClientIndex, "cohort", probe.wrap("round: cohort indices (CSR gather)",
+                                           ClientIndex.cohort)),
+        (fedsim.stages.numerics, "reject_nonfinite",
+         probe.wrap("round: aggregation + server step", fedsim.stages.numerics.reject_nonfinite)),
         (Population, "_draw_orders", probe.wrap("  training: shuffles", Population._draw_orders)),
         (Population, "_dispatch", probe.wrap("  training: local SGD", Population._dispatch)),
         (Population, "evaluate", probe.wrap("round: evaluation", Population.evaluate)),
@@ -383,14 +343,15 @@ def patched_runner(probe: Probe) -> Iterator[None]:
             setattr(obj, name, old)
 
 
-def _breakdown(w: workload.Workload, data, repeats: int = 3) -> dict[str, float]:
+def _breakdown(w: workload.Workload, data, device: str = "cpu", repeats: int = 3
+               ) -> dict[str, float]:
     """Median seconds per part of an instrumented fedsim run (totals over all rounds)."""
     runs: list[dict[str, float]] = []
     for _ in range(repeats):
         probe = Probe()
         with patched_runner(probe):
             t0 = time.perf_counter()
-            _fedsim_side(w, data)
+            _fedsim_side(w, data, device)
             t1 = time.perf_counter()
         parts = dict(probe.totals)
         start, end = probe.marks["rounds_start"], probe.marks["rounds_end"]

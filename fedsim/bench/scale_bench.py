@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds (the figures are per round)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: fedsim's choice, 1 on CPU)")
+    common.add_device_argument(parser)
 
 
 def run(args: argparse.Namespace, log: TextIO) -> dict:
@@ -58,11 +59,12 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
         raise FedsimError("--threads must be >= 1")
     from fedsim.bench.common import torch_threads
 
+    device = common.bench_device(args.device)
     with torch_threads(args.threads):
-        return _run(args, log)
+        return _run(args, log, device)
 
 
-def _run(args: argparse.Namespace, log: TextIO) -> dict:
+def _run(args: argparse.Namespace, log: TextIO, device: str) -> dict:
     """``run`` under the chosen thread setting."""
     import torch
 
@@ -72,15 +74,17 @@ def _run(args: argparse.Namespace, log: TextIO) -> dict:
     print(f"scale bench: cohort {args.cohort} of {w.clients} clients x {w.samples_per_client} "
           f"samples ({n_train * w.dim * 4 / 2**30:.2f} GiB of float32 inputs), "
           f"{w.rounds} round(s), MLP {w.dim}-{w.hidden}-{w.classes}, batch {w.batch_size}; "
-          f"torch {torch.__version__}, {os.cpu_count()} cpus", file=log)
+          f"torch {torch.__version__}, {common.device_name(device)}", file=log)
 
-    warm_s, _ = common.timed(_warm_up)
+    warm_s, _ = common.timed(lambda: _warm_up(device))
     data_s, data = common.timed(lambda: workload.make_data(w))
-    sc = dataclasses.replace(workload.scenario(w), clients_per_round=args.cohort)
+    sc = dataclasses.replace(workload.scenario(w, device), clients_per_round=args.cohort)
     from fedsim.bench.limit_bench import Probe, patched_runner
     from fedsim.runners import run_scenario
 
     probe = Probe()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
     with _RssSampler() as sampler, patched_runner(probe), \
             tempfile.TemporaryDirectory(prefix="fedsim_scale_") as tmp:
         rss_before = sampler.start_mb
@@ -94,6 +98,11 @@ def _run(args: argparse.Namespace, log: TextIO) -> dict:
     round_s = sorted(round_walls)[len(round_walls) // 2] if round_walls else rounds_s
     parts = {k.strip(): v / w.rounds for k, v in probe.totals.items() if k.startswith(("round",
                                                                                    "  "))}
+    # the simulator's own overhead: the round minus its training and aggregation work
+    work_s = (parts.get("training: local SGD", 0.0) + parts.get("training: shuffles", 0.0)
+              + parts.get("round: aggregation + server step", 0.0))
+    mean_round_s = sum(round_walls) / len(round_walls) if round_walls else rounds_s / w.rounds
+    overhead_s = max(0.0, mean_round_s - work_s)  # means over the rounds, like the parts
     figures: dict[str, Any] = {
         "bench": "scale", "population": w.clients, "cohort": args.cohort,
         "samples_per_client": w.samples_per_client, "rounds": w.rounds,
@@ -104,6 +113,13 @@ def _run(args: argparse.Namespace, log: TextIO) -> dict:
         "data_build_s": round(data_s, 3), "warm_up_s": round(warm_s, 3),
         "total_run_s": round(total_s, 3),
         "clients_per_s": round(args.cohort / round_s, 1),
+        "client_updates_per_s": round(args.cohort * w.rounds / sum(round_walls), 1)
+        if round_walls else None,
+        "device": common.device_name(device),
+        "peak_device_memory_mb": (round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                                  if device.startswith("cuda") else None),
+        "overhead_s": round(overhead_s, 4),
+        "overhead_us_per_client": round(overhead_s / args.cohort * 1e6, 3),
         "round_parts_s": {k: round(v, 4) for k, v in parts.items()},
         "final_accuracy": result.summary.get("final_accuracy"),
     }
@@ -111,13 +127,14 @@ def _run(args: argparse.Namespace, log: TextIO) -> dict:
     return figures
 
 
-def _warm_up() -> None:
+def _warm_up(device: str) -> None:
     """A tiny run first, so the measured round does not pay torch's one-off first-use costs."""
     from fedsim.runners import run_scenario
 
     tiny = workload.Workload(clients=4, rounds=1)
     with tempfile.TemporaryDirectory(prefix="fedsim_scale_warm_") as tmp:
-        run_scenario(workload.scenario(tiny), tmp, progress=False, data=workload.make_data(tiny))
+        run_scenario(workload.scenario(tiny, device), tmp, progress=False,
+                     data=workload.make_data(tiny))
 
 
 def _report(fig: dict, parts: dict[str, float], totals: dict[str, float], log: TextIO) -> None:
@@ -134,9 +151,15 @@ def _report(fig: dict, parts: dict[str, float], totals: dict[str, float], log: T
           f"({fig['clients_per_s']:.0f} clients/s)", file=log)
     for k, v in parts.items():
         print(f"    {k:40s} {v:8.4f} s", file=log)
+    print(f"  overhead (the round minus local SGD, shuffles and aggregation): "
+          f"{fig['overhead_s']:.4f} s = {fig['overhead_us_per_client']:.3f} us per client",
+          file=log)
     print(f"  memory: peak RSS {fig['peak_rss_mb']:.0f} MiB (whole process, data building "
           f"included); {fig['rss_before_run_mb']:.0f} MiB before the run, peak "
           f"{fig['peak_rss_during_run_mb']:.0f} MiB during it", file=log)
+    if fig["peak_device_memory_mb"] is not None:
+        print(f"  device memory: peak {fig['peak_device_memory_mb']:.0f} MiB allocated by torch",
+              file=log)
 
 
 def _round_walls(timing_csv: str) -> list[float]:

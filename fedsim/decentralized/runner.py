@@ -42,6 +42,7 @@ References:
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ from fedsim.decentralized.dsgd import (
     plan_async,
 )
 from fedsim.divergence import check_finite, warn
+from fedsim.population.index import ClientIndex, CohortIndex
 from fedsim.errors import ScenarioError
 from fedsim.results.records import RoundRecord
 from fedsim.runners import (
@@ -171,6 +173,7 @@ class DecentralizedRun:
         self.pop, self.x_test, self.y_test = build_population(sc, data, self.device, model,
                                                               base_dir, loss)
         self.client_idx = [torch.from_numpy(ix).to(self.device) for ix in data.client_indices]
+        self.index = ClientIndex(data.client_indices, len(self.pop.x), self.device)
         self.sizes = np.asarray([len(ix) for ix in data.client_indices], dtype=np.float64)
         self.n, self.d = n, self.pop.d
         self.nbytes = 4 * self.d  # one float32 model per message
@@ -221,7 +224,6 @@ class DecentralizedRun:
 
     # ------------------------------------------------------------------ D-SGD
     def _play_sync(self, emit, start: int, restored: dict | None) -> None:
-        from fedsim.network.mixing import metropolis_weights
         from fedsim.network.sync_gossip_clock import SyncGossipClock
 
         sc, a = self.sc, self.sc.algorithm
@@ -230,15 +232,13 @@ class DecentralizedRun:
             self._restore(restored)
             clock = restored["clock"]
         self._clock = clock
-        W = torch.as_tensor(metropolis_weights(self.graph), dtype=self.x.dtype,
-                            device=self.device)
+        W = mixing_matrix(self.graph, self.x.dtype, self.device)
         work = (self.sizes * a.local_epochs).tolist()
         losses: list[Tensor] = []
 
         def local_sgd(nodes: Tensor, rows: Tensor) -> Tensor:
             bufs = None if self.bufs is None else self._usable(self.bufs[nodes])
-            new, loss, bufs = train_nodes(self.pop, rows,
-                                          [self.client_idx[v] for v in nodes.tolist()],
+            new, loss, bufs = train_nodes(self.pop, rows, self.index.cohort(nodes.cpu().numpy()),
                                           lr=a.lr, epochs=a.local_epochs,
                                           batch_size=a.batch_size, gen=self.gen, buffers=bufs)
             if bufs is not None:
@@ -377,9 +377,8 @@ class DecentralizedRun:
             self.last_metrics = self.user_metrics(self.x.mean(dim=0), self.mean_buffers(),
                                                   self.x_test, self.y_test)
             self.final_metrics = self.last_metrics or self.final_metrics
-            bufs = [None] * self.n if self.bufs is None else self._usable(self.bufs)
-            accs = [self.pop.evaluate(row, self.x_test, self.y_test, buffers=b)[1]
-                    for row, b in zip(self.x, bufs, strict=True)]
+            accs = self.pop.accuracy_rows(self.x, self.x_test, self.y_test, buffers=None
+                                          if self.bufs is None else self._usable(self.bufs))
             nodes.update(node_accuracy_mean=sum(accs) / len(accs), node_accuracy_min=min(accs))
         record = RoundRecord(
             round=rnd, sim_time_s=sim_time_s, round_time_s=round_time_s, bytes_up=sent,
@@ -426,6 +425,22 @@ class DecentralizedRun:
 # --------------------------------------------------------------------------- population
 
 
+def mixing_matrix(graph, dtype: torch.dtype, device: str | torch.device) -> Tensor:
+    """D-SGD's Metropolis matrix as a torch tensor: dense up to ``DENSE_MAX_NODES`` nodes,
+    sparse CSR beyond (``W @ x`` then costs the edges, not ``n^2``)."""
+    from fedsim.network.mixing import DENSE_MAX_NODES, metropolis_csr, metropolis_weights
+
+    n = graph.number_of_nodes()
+    if n <= DENSE_MAX_NODES:
+        return torch.as_tensor(metropolis_weights(graph), dtype=dtype, device=device)
+    indptr, indices, values = metropolis_csr(graph)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.from_numpy(indptr), torch.from_numpy(indices),
+                                       torch.from_numpy(values).to(dtype), size=(n, n),
+                                       device=device, check_invariants=True)
+
+
 def train_rows(pop, starts: Tensor, indices: list[Tensor], *, lr: float, epochs: int,
                batch_size: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """``train_nodes`` for a model without buffers: ``(rows [m, d], losses [m])``."""
@@ -434,8 +449,8 @@ def train_rows(pop, starts: Tensor, indices: list[Tensor], *, lr: float, epochs:
     return rows, losses
 
 
-def train_nodes(pop, starts: Tensor, indices: list[Tensor], *, lr: float, epochs: int,
-                batch_size: int, gen: torch.Generator,
+def train_nodes(pop, starts: Tensor, indices: list[Tensor] | CohortIndex, *, lr: float,
+                epochs: int, batch_size: int, gen: torch.Generator,
                 buffers: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Local SGD of ``m`` clients, client ``r`` starting from its own row ``starts[r]``.
 
@@ -445,7 +460,8 @@ def train_nodes(pop, starts: Tensor, indices: list[Tensor], *, lr: float, epochs
     Args:
         pop: the ``Population``.
         starts: ``[m, d]`` starting parameters.
-        indices: one index tensor per client (its samples, or one minibatch).
+        indices: one index tensor per client (its samples, or one minibatch), or the
+            cohort's ``CohortIndex``.
         lr: SGD step size.
         epochs: local passes.
         batch_size: minibatch size.

@@ -240,9 +240,9 @@ class RayTrainer:
 
     def train(self, params: Tensor, clients: Sequence[int], *, lr: float, epochs: int,
               batch_size: int, mu: float, gen: torch.Generator,
-              buffers: Tensor | None) -> CohortResult:
+              buffers: Tensor | None, out: Tensor | None = None) -> CohortResult:
         """Draw the cohort's shuffles here, train the shards on their actors, gather the
-        rows in cohort order (``Trainer.train``)."""
+        rows in cohort order (``Trainer.train``; ``out`` is not used: the rows arrive)."""
         import ray
         import torch
 

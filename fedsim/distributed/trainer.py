@@ -27,9 +27,10 @@ class Trainer(Protocol):
 
     def train(self, params: Tensor, clients: Sequence[int], *, lr: float, epochs: int,
               batch_size: int, mu: float, gen: torch.Generator,
-              buffers: Tensor | None) -> CohortResult:
+              buffers: Tensor | None, out: Tensor | None = None) -> CohortResult:
         """Local training of ``clients`` (ids, in cohort order) from ``params [d]``; the
-        result's rows follow ``clients``. Same meaning as ``Population.train``."""
+        result's rows follow ``clients``. Same meaning as ``Population.train`` (``out``:
+        where the updates may be written; a trainer may ignore it)."""
         ...
 
     def close(self) -> None:
@@ -42,22 +43,25 @@ class LocalTrainer:
 
     Args:
         pop: the run's population (every client's data).
-        client_idx: each client's sample indices (numpy), by client id.
+        client_idx: each client's sample indices (numpy), by client id; held as one CSR
+            ``ClientIndex`` on the population's device, so a cohort is gathered with a
+            few vector operations (no tensor per client).
     """
 
     def __init__(self, pop: Population, client_idx: Sequence[np.ndarray]):
+        from fedsim.population.index import ClientIndex
+
         self.pop = pop
-        self.client_idx = client_idx
+        self.index = ClientIndex(client_idx, len(pop.x), pop.device)
 
     def train(self, params: Tensor, clients: Sequence[int], *, lr: float, epochs: int,
               batch_size: int, mu: float, gen: torch.Generator,
-              buffers: Tensor | None) -> CohortResult:
-        """``Population.train`` over the clients' index tensors (as before this hook)."""
-        import torch
-
-        return self.pop.train(params, [torch.from_numpy(self.client_idx[i]) for i in clients],
-                              lr=lr, epochs=epochs, batch_size=batch_size, mu=mu, gen=gen,
-                              buffers=buffers, clients=clients)
+              buffers: Tensor | None, out: Tensor | None = None) -> CohortResult:
+        """``Population.train`` of the cohort's indices, gathered from the CSR index."""
+        ids = np.asarray(clients, dtype=np.int64)
+        return self.pop.train(params, self.index.cohort(ids), lr=lr, epochs=epochs,
+                              batch_size=batch_size, mu=mu, gen=gen, buffers=buffers,
+                              clients=ids, out=out)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -68,14 +68,13 @@ from fedsim.limits import check_bandwidth, check_seconds
 from fedsim.network.availability import AvailabilityModel, make_availability_model
 from fedsim.network.compute import ComputeModel, make_compute_model
 from fedsim.network.links import LinkNetwork, Path, Transfer
-from fedsim.network.schedule import ClientTiming, RoundSchedule
+from fedsim.network.schedule import RoundSchedule
 from fedsim.network.server_paths import graph_paths, star_paths
 from fedsim.seeding import numpy_rng
 
 POLICIES = ("all", "first_k", "deadline")
 INF = math.inf
 _OK, _STRAGGLER, _DROPPED = 0, 1, 2
-_STATUS = ("ok", "straggler", "dropped")
 _ARRIVED = object()  # stands for a transfer that has arrived in full (see _RoundSim._client)
 
 
@@ -173,8 +172,12 @@ class FederatedClock:
         Returns:
             The online client ids.
         """
+        return self.available_ids(clients).tolist()
+
+    def available_ids(self, clients: Iterable[int] | None = None) -> np.ndarray:
+        """:meth:`available` as an int64 array."""
         ids = self._ids(clients)
-        return ids[self._avail.online(ids, self._now)].tolist()
+        return ids[self._avail.online(ids, self._now)]
 
     def next_online_s(self) -> float:
         """The first moment after :attr:`now` when a client comes online (inf: never)."""
@@ -260,21 +263,17 @@ class FederatedClock:
 
     def _finish(self, round: int, start: float, end: float, sel: np.ndarray, out: _Outcome,
                 k: int = 0) -> RoundSchedule:
-        """Classify clients, mask what happened after the end, count bytes, build the schedule."""
+        """Classify clients, mask what happened after the end, count bytes, build the schedule
+        (arrays only: nothing per client)."""
         status, completed = _classify(self.cfg.policy, out, end, k)
         down_b, up_b = out.sent(end)
-        times = [np.where(x <= end, x, INF).tolist() for x in (out.down, out.comp, out.up)]
-        ids = sel.tolist()
-        codes = status.tolist()
-        timings = tuple(ClientTiming(c, _STATUS[s], d, p, u)
-                        for c, s, d, p, u in zip(ids, codes, *times, strict=True))
+        times = np.stack([out.down, out.comp, out.up]) if len(sel) else np.zeros((3, 0))
+        times[times > end] = INF
         self._now = end
         return RoundSchedule(
-            round=round, start_s=start, end_s=end, selected=tuple(ids),
-            completed=tuple(ids[i] for i in completed),
-            stragglers=tuple(c for c, s in zip(ids, codes, strict=True) if s == _STRAGGLER),
-            dropped=tuple(c for c, s in zip(ids, codes, strict=True) if s == _DROPPED),
-            bytes_down=int(down_b.sum()), bytes_up=int(up_b.sum()), timings=timings)
+            round=round, start_s=start, end_s=end, selected_ids=sel,
+            completed_ids=sel[completed], status_codes=status, times=times,
+            bytes_down=int(down_b.sum()), bytes_up=int(up_b.sum()))
 
     def _check_client(self, client: int) -> int:
         """``client`` as an int in range."""
@@ -291,7 +290,9 @@ class FederatedClock:
         ids = ids.astype(np.int64, copy=False).reshape(-1)
         if len(ids) and (ids.min() < 0 or ids.max() >= self.num_clients):
             raise ValueError(f"client ids must be in 0..{self.num_clients - 1}")
-        if len(np.unique(ids)) != len(ids):
+        seen = np.zeros(self.num_clients, dtype=bool)
+        seen[ids] = True
+        if int(seen.sum()) != len(ids):  # O(n + m), not a sort
             raise ValueError("client ids must be distinct")
         return ids
 

@@ -95,7 +95,7 @@ def train_batched(pop: Population, cohort: Cohort) -> tuple[Tensor, Tensor, Tens
         chunk = max(1, chunk // cohort.batch_size)
     w0, m = cohort.w0, len(cohort.counts)
     # Each chunk trains in place in its rows of the result: no per-chunk buffers to concatenate.
-    updates = w0.new_empty(m, pop.d)
+    updates = w0.new_empty(m, pop.d) if cohort.out is None else cohort.out
     losses = w0.new_empty(m)
     buffers = None if cohort.b0 is None else w0.new_empty(m, pop.d_buffers)
     for start in range(0, m, chunk):

@@ -30,6 +30,8 @@ class Cohort:
             ``[m, b]`` one row per client; None without buffers.
         st: the local optimizer's ``[m, d]`` state, updated in place (None: plain SGD).
         noise: DP-SGD's noise stream (``Population.dp_sgd``); None without DP-SGD.
+        out: ``[m, d]`` where the updates go (``Population.train``'s ``out``); None: a
+            new tensor. A chunk has none (its caller writes into the whole cohort's).
     """
 
     w0: Tensor
@@ -41,6 +43,7 @@ class Cohort:
     b0: Tensor | None = None
     st: OptState | None = None
     noise: torch.Generator | None = None
+    out: Tensor | None = None
 
     def chunk(self, rows: slice) -> Cohort:
         """The clients ``rows``, their orders cut to the chunk's largest client (views)."""

@@ -23,9 +23,10 @@ from fedsim.losses import cross_entropy
 from fedsim.population.batched import per_sample_grad, train_batched, vmapped_grad
 from fedsim.population.chunking import fused_chunk_size, vmap_chunk_size
 from fedsim.population.cohort import Cohort
-from fedsim.population.evaluate import evaluate
+from fedsim.population.evaluate import accuracy_rows, evaluate
 from fedsim.population.flat import FlatSpec
 from fedsim.population.fused import train_fused
+from fedsim.population.index import CohortIndex
 from fedsim.population.layout import draw_orders
 from fedsim.population.loop import train_loop
 from fedsim.population.optstate import KeptState, keep_state, start_state
@@ -184,7 +185,7 @@ class Population:
     def train(
         self,
         global_params: Tensor,
-        client_indices: Sequence[Tensor],
+        client_indices: Sequence[Tensor] | CohortIndex,
         *,
         lr: float,
         epochs: int,
@@ -194,6 +195,7 @@ class Population:
         buffers: Tensor | None = None,
         clients: Sequence[int] | None = None,
         orders: Tensor | None = None,
+        out: Tensor | None = None,
     ) -> CohortResult:
         """Run local SGD (FedAvg, or FedProx with ``mu > 0``) for a cohort of clients.
 
@@ -201,7 +203,9 @@ class Population:
             global_params: ``[d]`` parameters every client starts from, or ``[m, d]``:
                 client ``r`` starts from row ``r`` (decentralized learning). Updates are
                 then relative to each client's own row, and so is FedProx's anchor.
-            client_indices: one 1-D integer tensor per client, indices into ``x``.
+            client_indices: one 1-D integer tensor per client, indices into ``x``; or a
+                ``CohortIndex`` (``ClientIndex.cohort``: the cohort's indices end to end
+                and their counts, no object per client), with the same result.
             lr: SGD step size.
             epochs: local passes over each client's data.
             batch_size: minibatch size (the last minibatch of an epoch may be partial).
@@ -218,6 +222,10 @@ class Population:
                 layout: row ``r`` starts with a permutation of client ``r``'s indices)
                 instead of drawing them from ``gen``; how a client trained elsewhere (a
                 Flower node, a Ray shard) sees the minibatches the simulator would draw.
+            out: ``[m, d]`` tensor (the parameters' dtype and device) the updates are
+                written into and returned as ``CohortResult.updates``: a workspace the
+                caller keeps across rounds, so a large cohort does not pay the first
+                touch of fresh ``m x d`` memory every round; None: a new tensor.
 
         Returns:
             A ``CohortResult`` on the population's device.
@@ -225,19 +233,29 @@ class Population:
         References:
             Li et al., "Federated Optimization in Heterogeneous Networks" (MLSys 2020).
         """
-        indices = [ix if ix.dim() == 1 else ix.reshape(-1) for ix in client_indices]
-        self._check_train_args(global_params, len(indices), lr, epochs, batch_size, mu)
-        b0 = self._check_buffers(buffers, len(indices))
+        if isinstance(client_indices, CohortIndex):  # checked when the ClientIndex was built
+            flat, counts = client_indices.flat.to(self.device), client_indices.counts
+            m = len(counts)
+        else:
+            indices = [ix if ix.dim() == 1 else ix.reshape(-1) for ix in client_indices]
+            counts = torch.tensor([len(ix) for ix in indices], dtype=torch.long)
+            m = len(indices)
+        self._check_train_args(global_params, m, lr, epochs, batch_size, mu)
+        b0 = self._check_buffers(buffers, m)
         w0 = global_params.detach().to(self.device, self._init.dtype)
-        counts = torch.tensor([len(ix) for ix in indices], dtype=torch.long)
-        if not indices:
+        if out is not None and (out.shape != (m, self.d) or out.dtype != w0.dtype
+                                or out.device != w0.device):
+            raise ValueError(f"out must be a [{m}, {self.d}] {w0.dtype} tensor on {w0.device}, "
+                             f"got {tuple(out.shape)} {out.dtype} on {out.device}")
+        if not m:
             empty = torch.zeros(0, device=self.device)
             return CohortResult(empty.view(0, self.d), empty, counts.to(self.device),
                                 empty.view(0, self.d_buffers) if b0 is not None else None)
-        flat = self._cat_indices(indices)  # one concatenation, one transfer
-        self._check_indices(flat)
+        if not isinstance(client_indices, CohortIndex):
+            flat = self._cat_indices(indices)  # one concatenation, one transfer
+            self._check_indices(flat)
         if orders is None:
-            orders = self._draw_orders(indices, counts, epochs, gen, flat=flat)  # [E, m, max_n]
+            orders = self._draw_orders(flat, counts, epochs, gen)  # [E, m, max_n]
         else:
             orders = self._given_orders(orders, counts, epochs)
         seed = draw_seed(gen) if self.stochastic else None
@@ -245,9 +263,9 @@ class Population:
         if self.dp_sgd is not None:  # DP-SGD's noise: its own stream, seeded from gen
             noise = torch.Generator(device=self.device)
             noise.manual_seed(draw_seed(gen))
-        st = start_state(self.local_opt, self.opt_state, len(indices), self.d, w0, clients)
-        cohort = Cohort(w0, orders, counts, lr, mu, batch_size, b0, st, noise)
-        with one_thread_for_one_client(len(indices), self.device):
+        st = start_state(self.local_opt, self.opt_state, m, self.d, w0, clients)
+        cohort = Cohort(w0, orders, counts, lr, mu, batch_size, b0, st, noise, out)
+        with one_thread_for_one_client(m, self.device):
             updates, losses, bufs = self._dispatch(cohort, seed)
         keep_state(self.local_opt, self.opt_state, st, clients)
         return CohortResult(updates, losses, counts.to(self.device), bufs)
@@ -273,6 +291,17 @@ class Population:
             ``(loss, accuracy)`` as Python floats.
         """
         return evaluate(self, params, x, y, batch_size, buffers)
+
+    def accuracy_rows(self, rows: Tensor, x: Tensor, y: Tensor, batch_size: int = 4096,
+                      buffers: Tensor | None = None) -> list[float]:
+        """The accuracy of each model ``rows [n, d]`` on ``(x, y)`` (``eval()`` mode):
+        ``[evaluate(row, ...)[1] for row in rows]``, with many rows per forward pass.
+
+        Args:
+            buffers: ``[n, b]`` each row's buffers; None: the model's initial buffers.
+        """
+        chunk = max(1, vmap_chunk_size(self, min(batch_size, len(x))))
+        return accuracy_rows(self, rows, x, y, batch_size, buffers, chunk)
 
     # ----------------------------------------------------------------- checks
     def _check_train_args(
@@ -322,31 +351,24 @@ class Population:
             raise IndexError(f"client indices must lie in [0, {len(self.x)})")
 
     # ------------------------------------------------------ shuffles, chunks
-    def _draw_orders(
-        self,
-        indices: Sequence[Tensor],
-        counts: Tensor,
-        epochs: int,
-        gen: torch.Generator,
-        flat: Tensor | None = None,
-    ) -> Tensor:
-        """Shuffled sample indices of every client and epoch, ``[epochs, m, max_n]``.
-
-        ``layout.draw_orders``: one ``torch.rand(m, max_n)`` per epoch from ``gen``.
-        Both paths and every chunking use these draws. ``flat`` is
-        ``_cat_indices(indices)`` when the caller already has it.
-        """
-        if flat is None:
-            flat = self._cat_indices(indices) if len(indices) else counts.new_zeros(0)
+    def _draw_orders(self, flat: Tensor, counts: Tensor, epochs: int, gen: torch.Generator
+                     ) -> Tensor:
+        """Shuffled sample indices of every client and epoch, ``[epochs, m, max_n]``
+        (``layout.draw_orders``: one ``torch.rand(m, max_n)`` per epoch from ``gen``; both
+        paths and every chunking use these draws). ``flat``: the cohort's indices end to end."""
         return draw_orders(flat, counts, epochs, gen, self.device)
 
-    def draw_orders(self, client_indices: Sequence[Tensor], epochs: int,
+    def draw_orders(self, client_indices: Sequence[Tensor] | CohortIndex, epochs: int,
                     gen: torch.Generator) -> Tensor:
         """The shuffles ``train`` would draw from ``gen`` for this cohort,
         ``[epochs, m, max_n]`` (pass them, or rows of them, as ``train(orders=...)``)."""
+        if isinstance(client_indices, CohortIndex):
+            return self._draw_orders(client_indices.flat.to(self.device),
+                                     client_indices.counts, epochs, gen)
         indices = [ix.reshape(-1) for ix in client_indices]
         counts = torch.tensor([len(ix) for ix in indices], dtype=torch.long)
-        return self._draw_orders(indices, counts, epochs, gen)
+        flat = self._cat_indices(indices) if indices else counts.new_zeros(0)
+        return self._draw_orders(flat, counts, epochs, gen)
 
     def _given_orders(self, orders: Tensor, counts: Tensor, epochs: int) -> Tensor:
         """``train``'s ``orders`` checked against the cohort and cut to its widest client."""

@@ -35,3 +35,44 @@ def evaluate(
         loss_sum += pop.loss(logits, yb).sum()
         correct += (logits.argmax(dim=1) == yb).sum()
     return loss_sum.item() / len(x), correct.item() / len(x)
+
+
+@torch.no_grad()
+def accuracy_rows(
+    pop: Population, rows: Tensor, x: Tensor, y: Tensor, batch_size: int,
+    buffers: Tensor | None, chunk: int,
+) -> list[float]:
+    """``Population.accuracy_rows``: the accuracy of every row's model on ``(x, y)``.
+
+    ``chunk`` rows at a time through one vmapped forward pass (a 10k-node graph is 10k
+    models); a model that cannot be vmapped is evaluated row by row.
+    """
+    if len(x) == 0:
+        raise ValueError("evaluate needs at least one sample")
+    n = rows.shape[0]
+    rows = rows.to(pop.device, pop._init.dtype)
+    bufs = None if buffers is None else buffers.to(pop.device, pop._init.dtype)
+    if bufs is None and pop._spec.buf_names:
+        bufs = pop._init_buffers.expand(n, -1)
+    pop.model.eval()
+
+    def logits_of(p: Tensor, b: Tensor | None, xb: Tensor) -> Tensor:
+        named = dict(zip(pop._spec.names, pop._spec.unflatten(p), strict=True))
+        if b is not None:
+            named.update(pop._spec.buffer_dict(b))
+        return functional_call(pop.model, named, (xb,))
+
+    batched = torch.func.vmap(logits_of, in_dims=(0, None if bufs is None else 0, None))
+    correct = torch.zeros(n, dtype=torch.long, device=pop.device)
+    try:
+        for lo in range(0, n, chunk):
+            p = rows[lo : lo + chunk]
+            b = None if bufs is None else bufs[lo : lo + chunk]
+            for start in range(0, len(x), batch_size):
+                xb = x[start : start + batch_size].to(pop.device, pop._init.dtype)
+                yb = y[start : start + batch_size].to(pop.device, torch.long)
+                correct[lo : lo + chunk] += (batched(p, b, xb).argmax(dim=2) == yb).sum(dim=1)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return [evaluate(pop, r, x, y, batch_size, None if bufs is None else bufs[i])[1]
+                for i, r in enumerate(rows)]
+    return (correct.double() / len(x)).tolist()

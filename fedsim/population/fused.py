@@ -31,7 +31,7 @@ def train_fused(pop: Population, cohort: Cohort) -> tuple[Tensor, Tensor]:
     w0, counts, batch_size, st = cohort.w0, cohort.counts, cohort.batch_size, cohort.st
     m, epochs = len(counts), cohort.orders.shape[0]
     chunk = min(m, fused_chunk_size(pop, batch_size))
-    updates = w0.new_empty(m, pop.d)
+    updates = w0.new_empty(m, pop.d) if cohort.out is None else cohort.out
     losses = w0.new_empty(m)
     n_dev = counts.to(pop.device)
     templates = fused.templates(w0)

@@ -39,7 +39,9 @@ def train_loop(pop: Population, cohort: Cohort) -> tuple[Tensor, Tensor, Tensor 
         if bufs is not None:
             buffers.append(torch.cat([t.reshape(-1).to(pop._init.dtype)
                                       for t in bufs.values()]))
-    return (torch.stack(updates), torch.stack(losses),
+    stacked = (torch.stack(updates) if cohort.out is None
+               else torch.stack(updates, out=cohort.out))
+    return (stacked, torch.stack(losses),
             torch.stack(buffers) if b0 is not None else None)
 
 
