@@ -123,8 +123,20 @@ def test_sweep_without_a_grid_is_one_line():
 
 
 @pytest.mark.parametrize("args", [["flower", "--clients", "0"], ["limit", "--clients", "-5"],
-                                  ["clock", "--clients", "0"], ["scale", "--cohort", "0"]])
+                                  ["clock", "--clients", "0"], ["scale", "--cohort", "0"],
+                                  ["limit", "--device", "gpu"], ["scale", "--device", "cuda:x"],
+                                  ["flower", "--device", "tpu"]])
 def test_bad_bench_flags_are_one_line(args):
     out = fedsim("bench", *args)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("fedsim: error:") and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    if "--device" in args:
+        assert "--device: must be cpu, cuda, cuda:N or auto" in out.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is here")
+def test_bench_device_cuda_without_a_gpu_is_one_line():
+    out = fedsim("bench", "scale", "--device", "cuda")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "--device: 'cuda' requested but torch sees no GPU" in out.stderr

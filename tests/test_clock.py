@@ -426,6 +426,44 @@ def test_closed_form_matches_the_event_simulation(case):
         assert a == b
 
 
+@settings(max_examples=200, deadline=None)
+@given(scenarios(), st.integers(2, 5))
+def test_split_round_matches_the_event_simulation(case, nodes):
+    """On a graph without a server link, the clients at the server node share no link
+    (closed form) and the others do (simulated): the split round is the full
+    simulation's round, end, timings and bytes, under every policy."""
+    cfg, n, _, selected, work, k, (bdown, bup), seed = case
+    cfg = replace(cfg, server_bandwidth_bps=0.0, server_node=0)
+    graph = nx.star_graph(nodes - 1)  # node 0, the server, in the middle
+    for u, v in graph.edges:
+        graph.edges[u, v]["bandwidth_bps"] = 3e5
+    fast, slow = (FederatedClock(cfg, n, graph=graph, seed=seed) for _ in range(2))
+    slow.fast_path = False
+    for rnd in range(2):
+        a = fast.run_round(rnd, selected, work, bdown, bup, k=k)
+        b = slow.run_round(rnd, selected, work, bdown, bup, k=k)
+        assert a == b
+
+
+def test_split_round_simulates_only_the_sharing_clients(monkeypatch):
+    """Clients 0, 3, 6 sit at the server node: only the other six enter simpy."""
+    import fedsim.network.clock as clock_mod
+
+    cfg = NetworkConfig(bandwidth_bps=1e6, server_bandwidth_bps=0.0, server_node=0)
+    graph = nx.star_graph(2)
+    clock = FederatedClock(cfg, 9, graph=graph, seed=0)
+    simulated = []
+    real = clock_mod._RoundSim.__init__
+
+    def spy(self, c, start, pidx, *a, **kw):
+        simulated.append(len(pidx))
+        real(self, c, start, pidx, *a, **kw)
+
+    monkeypatch.setattr(clock_mod._RoundSim, "__init__", spy)
+    s = clock.run_round(1, range(9), [10] * 9, 10_000, 10_000)
+    assert simulated == [6] and len(s.completed) == 9
+
+
 @settings(max_examples=60, deadline=None)
 @given(scenarios())
 def test_contention_never_makes_a_transfer_faster(case):

@@ -86,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="CPUS",
                         help="Ray CPUs per Flower client; Ray gets all cores, so this sets "
                              "how many clients train at once (default 1)")
+    parser.add_argument("--device", default="cpu",
+                        help="where fedsim's side trains: cpu (default), cuda, cuda:N or auto; "
+                             "Flower's clients train on CPU in their Ray actors")
 
 
 def run(args: argparse.Namespace, log: TextIO) -> dict:
@@ -104,13 +107,14 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise FedsimError(f"fedsim bench flower: --threads must be >= 1, got {threads}")
+    device = common.bench_device(getattr(args, "device", "cpu"))
     w = Workload(clients=args.clients, rounds=args.rounds)
     print(f"fedsim bench flower: FedAvg, MLP {w.dim}-{w.hidden}-{w.classes}, {w.clients} clients "
           f"x {w.samples_per_client} samples, all clients every round, {w.rounds} rounds, "
           f"{w.epochs} epoch(s) of SGD (batch {w.batch_size}, lr {w.lr}), "
           f"{os.cpu_count()} CPU core(s)", file=log, flush=True)
 
-    fs = run_fedsim(w, args.repeats, log, threads=threads)
+    fs = run_fedsim(w, args.repeats, log, threads=threads, device=device)
     fl = run_flower(w, timeout_s=args.flower_timeout, client_cpus=args.flower_client_cpus,
                     log=log)
 
@@ -198,7 +202,8 @@ def compare_models(a: Any, b: Any) -> tuple[float, bool]:
 
 
 # ------------------------------------------------------------------- fedsim
-def run_fedsim(w: Workload, repeats: int, log: TextIO, threads: int | None = None) -> dict:
+def run_fedsim(w: Workload, repeats: int, log: TextIO, threads: int | None = None,
+               device: str = "cpu") -> dict:
     """Time ``run_scenario`` on the workload ``repeats`` times.
 
     Args:
@@ -208,6 +213,7 @@ def run_fedsim(w: Workload, repeats: int, log: TextIO, threads: int | None = Non
         threads: torch threads of the runs, through ``FEDSIM_TORCH_THREADS`` (restored
             afterwards, as is the process's torch thread count); None leaves the
             runner's own choice.
+        device: where the runs train.
 
     Returns:
         ``per_round_s`` (median over runs of each run's ``steady_round_s``),
@@ -216,10 +222,10 @@ def run_fedsim(w: Workload, repeats: int, log: TextIO, threads: int | None = Non
         tensor of the first run; every run must give the same vector bit for bit).
     """
     with common.torch_threads(threads):
-        return _run_fedsim(w, repeats, log)
+        return _run_fedsim(w, repeats, log, device)
 
 
-def _run_fedsim(w: Workload, repeats: int, log: TextIO) -> dict:
+def _run_fedsim(w: Workload, repeats: int, log: TextIO, device: str = "cpu") -> dict:
     """``run_fedsim`` under the thread setting already in place."""
     import torch
 
@@ -227,7 +233,7 @@ def _run_fedsim(w: Workload, repeats: int, log: TextIO) -> dict:
     from fedsim.runners import run_scenario
 
     data = workload.make_data(w)
-    sc = workload.scenario(w)
+    sc = workload.scenario(w, device)
     per_round, first, setups, totals, final = [], [], [], [], None
     used_threads = None
     for i in range(repeats):

@@ -42,10 +42,13 @@ Randomness comes only from ``seeding.numpy_rng(seed, "network/compute")`` and
 ``seeding.numpy_rng(seed, "network/availability")``.
 
 Speed: with no shared link on any selected client's paths (the default star), a
-round is computed in closed form with numpy (``O(m log m)``); otherwise it is an
-event-driven simpy simulation whose per-event work depends on the graph, not on
-the number of clients. Both give identical schedules (``fast_path = False``
-forces the simulation).
+round is computed in closed form with numpy (``O(m log m)``); otherwise the clients
+whose paths share no link are still computed in closed form and only the others go
+through an event-driven simpy simulation (whose per-event work depends on the graph,
+not on the number of clients), which counts the closed-form clients' arrivals toward
+the round's end. All give identical schedules (``fast_path = False`` forces the
+simulation of every client). The schedule holds its clients as arrays: nothing is
+built per client.
 """
 
 from __future__ import annotations
@@ -223,9 +226,12 @@ class FederatedClock:
         up_unc = np.array([p.uncontended_s(bytes_up) for p in self._up_paths])[pidx]
         drop_at = np.asarray(self._avail.drop_times(sel, start, down_unc + comp + up_unc,
                                                     self._rng_avail), dtype=np.float64)
+        private = self._private[pidx]
         with _gc_paused():
-            if self.fast_path and bool(self._private[pidx].all()):
+            if self.fast_path and bool(private.all()):
                 out = self._closed_form(start, pidx, comp, drop_at, bytes_down, bytes_up)
+            elif self.fast_path and bool(private.any()):
+                out = self._split(start, pidx, comp, drop_at, bytes_down, bytes_up, k, private)
             else:
                 sim = _RoundSim(self, start, pidx, comp, drop_at, bytes_down, bytes_up, k)
                 out = sim.run()
@@ -253,6 +259,36 @@ class FederatedClock:
                         comp=np.where(done < drop_at, done, INF),
                         up=np.where(up < drop_at, up, INF),
                         drop=np.where(dropped, drop_at, INF), sent=sent)
+
+    def _split(self, start: float, pidx: np.ndarray, comp: np.ndarray, drop_at: np.ndarray,
+               bytes_down: int, bytes_up: int, k: int, private: np.ndarray) -> _Outcome:
+        """A round where only some clients' paths share a link: the others in closed form,
+        the sharing ones simulated; the simulation counts the closed-form clients'
+        arrivals and settlements (by their times) toward the policy's end, so it stops
+        exactly where the simulation of everyone would."""
+        mine, shared = np.flatnonzero(private), np.flatnonzero(~private)
+        cf = self._closed_form(start, pidx[mine], comp[mine], drop_at[mine], bytes_down,
+                               bytes_up)
+        sim = _RoundSim(self, start, pidx[shared], comp[shared], drop_at[shared], bytes_down,
+                        bytes_up, k, ext_up=np.sort(cf.up[cf.up < INF]),
+                        ext_settle=np.sort(np.minimum(cf.up, cf.drop)))
+        so = sim.run()
+        cols = []
+        for a, b in ((cf.down, so.down), (cf.comp, so.comp), (cf.up, so.up),
+                     (cf.drop, so.drop)):
+            col = np.empty(len(pidx))
+            col[mine], col[shared] = a, b
+            cols.append(col)
+
+        def sent(end: float) -> tuple[np.ndarray, np.ndarray]:
+            out = []
+            for a, b in zip(cf.sent(end), so.sent(end), strict=True):
+                col = np.empty(len(pidx), dtype=np.int64)
+                col[mine], col[shared] = a, b
+                out.append(col)
+            return out[0], out[1]
+
+        return _Outcome(*cols, sent=sent)
 
     def _empty_end(self, start: float) -> float:
         """When a round with nobody selected ends."""
@@ -320,7 +356,8 @@ class _RoundSim:
     """One round as a simpy simulation (used when transfers share links)."""
 
     def __init__(self, clock: FederatedClock, start: float, pidx: np.ndarray, comp: np.ndarray,
-                 drop_at: np.ndarray, bytes_down: int, bytes_up: int, k: int):
+                 drop_at: np.ndarray, bytes_down: int, bytes_up: int, k: int,
+                 ext_up: np.ndarray | None = None, ext_settle: np.ndarray | None = None):
         self.env = simpy.Environment(initial_time=start)
         self.net = LinkNetwork(self.env)
         self.cfg = clock.cfg
@@ -338,6 +375,11 @@ class _RoundSim:
         self.arrived = 0
         self.resolved = 0
         self.ended = False
+        # clients computed in closed form (``FederatedClock._split``): their sorted arrival
+        # and settle times, counted toward the end condition by time
+        self.ext_up = np.zeros(0) if ext_up is None else ext_up
+        self.ext_settle = np.zeros(0) if ext_settle is None else ext_settle
+        self.total = m + len(self.ext_settle)
 
     def run(self) -> _Outcome:
         """Run until the policy's end condition, then finish every event at that moment."""
@@ -350,6 +392,9 @@ class _RoundSim:
                 env.timeout(_delay_to(self.start, d)).callbacks.append(partial(self._on_drop, i))
         if self.cfg.policy == "deadline":
             env.timeout(self.cfg.deadline_s).callbacks.append(self._on_deadline)
+        if len(self.ext_settle):  # when the closed-form clients have all settled
+            self._check_at(float(self.ext_settle[-1]))
+        self._watch_ext_arrivals()
         for i in range(m):
             if not self.gone[i]:
                 env.process(self._client(i))
@@ -390,6 +435,7 @@ class _RoundSim:
         self.arrived += 1
         self.resolved += 1
         self._check_end()
+        self._watch_ext_arrivals()
 
     def _on_drop(self, i: int, _event: simpy.Event) -> None:
         """The drop moment of client ``i`` came."""
@@ -412,9 +458,26 @@ class _RoundSim:
 
     def _check_end(self) -> None:
         """End the round when the policy says so."""
-        m = len(self.comp)
-        if self.resolved == m or (self.cfg.policy == "first_k" and self.arrived >= self.k):
+        now = self.env.now
+        resolved, arrived = self.resolved, self.arrived
+        if len(self.ext_settle):
+            resolved += int(np.searchsorted(self.ext_settle, now, side="right"))
+            arrived += int(np.searchsorted(self.ext_up, now, side="right"))
+        if resolved == self.total or (self.cfg.policy == "first_k" and arrived >= self.k):
             self.ended = True
+
+    def _check_at(self, t: float) -> None:
+        """Check the end condition at time ``t`` (a closed-form client's event)."""
+        if t >= self.env.now:
+            self.env.timeout(_delay_to(self.env.now, t)).callbacks.append(
+                lambda _event: self._check_end())
+
+    def _watch_ext_arrivals(self) -> None:
+        """``first_k``: check the end when the closed-form arrivals alone would bring the
+        arrivals to k (earlier after each simulated arrival)."""
+        need = self.k - self.arrived
+        if self.cfg.policy == "first_k" and 0 < need <= len(self.ext_up):
+            self._check_at(float(self.ext_up[need - 1]))
 
     def _sent(self, end: float) -> tuple[np.ndarray, np.ndarray]:
         """Bytes each client's download and upload pushed by the end of the simulation."""
