@@ -7,9 +7,16 @@ import pytest
 import torch
 from torch.func import grad
 
-from fedsim.coding import SRSGC, gilbert_elliott_delays, load_linear
+from fedsim.coding import (
+    MSGC,
+    SRSGC,
+    GradientCodingScheme,
+    gilbert_elliott_delays,
+    load_linear,
+    make_code,
+)
 from fedsim.coding.gradients import PieceGradients
-from fedsim.coding.training import full_batch_gd, make_module, run_coded
+from fedsim.coding.training import CodedLoop, full_batch_gd, make_module, run_coded
 from fedsim.errors import ScenarioError
 
 N = 240  # training samples used: fast
@@ -127,3 +134,108 @@ def test_sequential_needs_t_plus_one_models_and_right_delay_shape():
         run_coded("sr-sgc", 4, B=1, W=3, lam=2, jobs=3, models=1, samples=N)
     with pytest.raises(ScenarioError, match=r"^network\.delays: need a \[4, >= 4\]"):
         run_coded(SRSGC(4, 1, 3, 2, jobs=3), delays=np.ones((4, 3)), samples=N)
+
+
+def _recording(loop):
+    """Wrap ``loop.encode`` to keep every round's ``(tasks, encoding, messages)``."""
+    calls, encode = [], loop.encode
+
+    def rec(tasks):
+        enc, msgs = encode(tasks)
+        calls.append((list(tasks), enc, msgs))
+        return enc, msgs
+
+    loop.encode = rec
+    return calls
+
+
+@pytest.mark.parametrize("kind,n,s", [("frc", 4, 1), ("frc", 6, 2), ("crc", 4, 1),
+                                      ("crc", 6, 2), ("crc", 5, 0)])
+def test_gc_messages_are_one_product_b_at_g_and_decode_is_a_t_b_f_g(kind, n, s):
+    code = make_code(kind, n, s, seed=3)
+    g = torch.randn(n, 5, generator=torch.Generator().manual_seed(n + s), dtype=torch.float64)
+    delays = np.ones((n, 1))
+    delays[n - s:, 0] = 5.0  # the last s workers straggle
+    loop = CodedLoop(GradientCodingScheme(code, jobs=1), delays,
+                     [torch.zeros(5, dtype=torch.float64)], lambda theta: g.clone(), lr=1.0)
+    calls = _recording(loop)
+    row = loop.play()
+    tasks, enc, msgs = calls[0]
+    assert np.array_equal(enc.dense(), code.matrix) and enc.jobs.tolist() == [1]
+    assert enc.shape == (n, n) and [t.worker for t in tasks] == list(range(n))
+    assert msgs.shape == (n, 5)
+    assert torch.allclose(msgs, torch.as_tensor(code.matrix) @ g, rtol=0, atol=1e-14)
+    f = np.arange(n - s)  # the rows that arrived
+    assert row["stragglers"] == s and row["arrived"] == n - s and row["decoded"] == 1
+    a = torch.as_tensor(code.decoding(f).a)
+    assert torch.allclose(a @ msgs[f], g.sum(0), rtol=0, atol=1e-12)
+    assert torch.allclose(loop.thetas[0], -g.sum(0), rtol=0, atol=1e-12)  # one step, lr 1
+
+
+def _check_messages(calls, grads_by_job, pieces):
+    for tasks, enc, msgs in calls:
+        if not tasks:
+            assert msgs is None
+            continue
+        jobs = sorted({t.job for t in tasks})
+        assert enc.jobs.tolist() == jobs and enc.shape == (len(tasks), len(jobs) * pieces)
+        assert msgs.shape == (len(tasks), grads_by_job[1].shape[1])
+        e = enc.dense()
+        for k, t in enumerate(tasks):
+            b = jobs.index(t.job)
+            assert np.count_nonzero(e[k]) == np.count_nonzero(t.coeffs)
+            assert np.array_equal(e[k, b * pieces + t.pieces], t.coeffs)
+            g = grads_by_job[t.job]
+            ref = torch.as_tensor(t.coeffs) @ g[torch.as_tensor(t.pieces)]
+            assert torch.allclose(msgs[k], ref, rtol=0, atol=1e-13), (t.round, k)
+
+
+def _job_grads(pieces, d=4):
+    """A piece-gradient function handing out a new random ``G`` per job (kept by job)."""
+    gen, by_job = torch.Generator().manual_seed(7), {}
+
+    def piece_grads(theta):
+        by_job[len(by_job) + 1] = torch.randn(pieces, d, generator=gen, dtype=torch.float64)
+        return by_job[len(by_job)].clone()
+
+    return piece_grads, by_job
+
+
+def test_srsgc_round_with_reattempts_is_one_product_over_two_jobs():
+    sch = SRSGC(4, 1, 3, 2, jobs=4)  # s = 1, T = 1
+    delays = np.ones((4, sch.rounds))
+    delays[:2, 0] = 5.0  # round 1: workers 0, 1 straggle -> worker 0 redoes job 1 in round 2
+    piece_grads, by_job = _job_grads(4)
+    loop = CodedLoop(sch, delays, [torch.zeros(4, dtype=torch.float64)] * 2, piece_grads, 1.0)
+    calls = _recording(loop)
+    for _ in range(sch.rounds):
+        loop.play()
+    _check_messages(calls, by_job, 4)
+    b = sch.code.matrix
+    tasks, enc, msgs = calls[1]
+    expected = np.zeros((4, 8))
+    expected[0, :4] = b[0]          # worker 0: its row of B on job 1's pieces
+    expected[1:, 4:] = b[1:]        # the others: job 2
+    assert enc.jobs.tolist() == [1, 2] and np.array_equal(enc.dense(), expected)
+    assert torch.allclose(msgs, torch.as_tensor(expected) @ torch.cat([by_job[1], by_job[2]]),
+                          rtol=0, atol=1e-14)
+    assert loop.done == 4
+
+
+def test_msgc_messages_are_one_product_dense_or_sparse(monkeypatch):
+    import fedsim.coding.training as training
+
+    out = {}
+    for limit in (training.DENSE_ENTRIES, 0):  # 0: every round through the sparse product
+        monkeypatch.setattr(training, "DENSE_ENTRIES", limit)
+        sch = MSGC(4, 2, 3, 1, jobs=6)
+        piece_grads, by_job = _job_grads(len(sch.fractions))
+        loop = CodedLoop(sch, _delays(4, sch.rounds, seed=3),
+                         [torch.zeros(4, dtype=torch.float64)] * (sch.T + 1), piece_grads, 1.0)
+        calls = _recording(loop)
+        for _ in range(sch.rounds):
+            loop.play()
+        _check_messages(calls, by_job, len(sch.fractions))
+        assert loop.done == 6 and max(len(c[1].jobs) for c in calls) == sch.T + 1
+        out[limit] = torch.stack(loop.thetas)
+    assert torch.allclose(out[0], out[training.DENSE_ENTRIES], rtol=0, atol=1e-13)

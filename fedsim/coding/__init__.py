@@ -39,11 +39,13 @@ from fedsim.coding.sequential import (
     DecodeFailure,
     GradientCodingScheme,
     JobDecode,
+    RoundEncoding,
     ScheduleResult,
     Scheme,
     Task,
     msgc_load,
     play_schedule,
+    round_encoding,
     srsgc_s,
     srsgc_timing,
 )
@@ -64,11 +66,11 @@ from fedsim.network.stragglers import (
 __all__ = [
     "CODES", "MSGC", "SRSGC", "AtMostS", "BurstyModel", "DecodeError", "DecodeFailure",
     "Decoding", "GradientCode", "GradientCodingScheme", "IgnoreStragglers", "JobDecode",
-    "SCHEMES", "Scheme", "ScheduleResult", "StragglerModel", "Task", "check_code_params",
-    "compute_model_delays", "crc_matrix", "decode_vector", "frc_matrix",
+    "RoundEncoding", "SCHEMES", "Scheme", "ScheduleResult", "StragglerModel", "Task",
+    "check_code_params", "compute_model_delays", "crc_matrix", "decode_vector", "frc_matrix",
     "gilbert_elliott_delays", "load_linear", "make_code", "make_scheme", "msgc_load",
-    "play_clock", "play_schedule", "read_delay_trace", "round_duration", "run_coded",
-    "srsgc_s", "srsgc_timing", "straggler_mask", "total_time", "wait_for_all",
+    "play_clock", "play_schedule", "read_delay_trace", "round_duration", "round_encoding",
+    "run_coded", "srsgc_s", "srsgc_timing", "straggler_mask", "total_time", "wait_for_all",
 ]
 
 SCHEMES = ("wait-for-all", "ignore-stragglers", "gc", "sr-sgc", "m-sgc")

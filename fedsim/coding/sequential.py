@@ -7,7 +7,8 @@ master runs once per round:
 1. ``tasks = scheme.assign(r)``: what each worker computes in round ``r`` (a
    :class:`Task` is a linear combination of one job's *pieces*: data shards whose
    gradients sum to the job's full gradient; ``scheme.fractions[p]`` is piece ``p``'s
-   share of the data set);
+   share of the data set); all of a round's tasks together form one encoding matrix
+   (:meth:`Scheme.encoding`, :class:`RoundEncoding`), so their messages are one product;
 2. the clock decides who straggles (:meth:`Scheme.clock`: the ``mu`` rule and the scheme's
    straggler model, :mod:`fedsim.network.stragglers`);
 3. ``decodes = scheme.receive(r, stragglers)``: the results of the non-stragglers arrive;
@@ -113,6 +114,58 @@ class JobDecode:
     cond: float = 1.0
 
 
+@dataclass(frozen=True, eq=False)
+class RoundEncoding:
+    """A round's encoding matrix ``E``: every task's coefficients over the pieces of the
+    jobs the round's tasks touch, so that all the round's messages are one product
+    ``E @ G_r``, ``G_r`` the piece gradients of those jobs stacked job by job.
+
+    Row ``k`` is task ``k`` (in :meth:`Scheme.assign`'s order); column block ``b`` holds
+    the ``P`` pieces of job ``jobs[b]`` (column ``b P + p``: piece ``p``). For gradient
+    coding (one job per round, one task per worker in worker order) ``E`` is the code's
+    ``B [n x n]`` itself; SR-SGC with re-attempts spans two jobs (``[n x 2n]``: a worker
+    redoing job ``r - B`` has its row of ``B`` in that job's block); M-SGC has one row per
+    (worker, minitask) and a block per job in flight. Stored sparse (the coefficients as
+    ``rows, cols, values`` triplets); :meth:`dense` gives the matrix.
+
+    Attributes:
+        jobs: ``[J_r]`` the jobs whose pieces are the columns, ascending.
+        pieces: ``P``, the pieces of a job.
+        rows: ``[nnz]`` row (task) of each coefficient.
+        cols: ``[nnz]`` column (``b P + piece``) of each coefficient.
+        values: ``[nnz]`` the coefficients.
+        shape: ``(tasks, J_r P)``.
+    """
+
+    jobs: np.ndarray
+    pieces: int
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+    shape: tuple[int, int]
+
+    def dense(self) -> np.ndarray:
+        """``E`` as a ``[tasks, J_r P]`` float64 array."""
+        out = np.zeros(self.shape)
+        out[self.rows, self.cols] = self.values
+        return out
+
+
+def round_encoding(tasks: list[Task], pieces: int) -> RoundEncoding:
+    """The :class:`RoundEncoding` of a round's tasks (``pieces``: ``P``, pieces per job)."""
+    jobs = np.unique(np.array([t.job for t in tasks], dtype=int))
+    block = {int(j): b for b, j in enumerate(jobs)}
+    rows = [np.full(len(t.pieces), k) for k, t in enumerate(tasks)]
+    cols = [block[t.job] * pieces + np.asarray(t.pieces, dtype=int) for t in tasks]
+    vals = [np.asarray(t.coeffs, dtype=float) for t in tasks]
+
+    def cat(parts, dtype):
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+    return RoundEncoding(jobs, int(pieces), cat(rows, int), cat(cols, int), cat(vals, float),
+                         (len(tasks), len(jobs) * int(pieces)))
+
+
 @dataclass(frozen=True)
 class RoundClock:
     """The master's view of one round's timing."""
@@ -211,6 +264,11 @@ class Scheme:
             raise ValueError(f"rounds must be played in order: expected {self._round + 1}, "
                              f"got {r}")
         self._round = r
+
+    def encoding(self, tasks: list[Task]) -> RoundEncoding:
+        """The round's encoding matrix of ``tasks`` (:func:`round_encoding`): all their
+        messages are ``E @ G_r``."""
+        return round_encoding(tasks, len(self.fractions))
 
     def work(self, tasks: list[Task]) -> np.ndarray:
         """``[n]`` each worker's share of the data set computed on in ``tasks``."""

@@ -11,9 +11,15 @@ set whose gradients sum to the full gradient). Per round (:func:`run_coded`):
    clients, one full-batch SGD step of ``lr = 1`` each);
 2. the clock (delay profile, ``mu`` rule, the scheme's straggler model) says who straggled
    and how long the round lasted;
-3. each arrived task's coded message ``coeffs @ G[pieces]`` is formed (the encoding
-   ``B @ G``), and every job that became decodable is decoded, ``sum_k a_k message_k``,
-   and applied as one gradient step of its model.
+3. the messages of all the round's tasks are one matrix product ``E @ G_r``
+   (:meth:`CodedLoop.encode`): ``E`` the round's encoding matrix built from the scheme's
+   task list (:class:`~fedsim.coding.sequential.RoundEncoding`; for gradient coding the
+   code's ``B [n x n]``, for SR-SGC / M-SGC the coefficients of whatever tasks are
+   scheduled over the pieces of the jobs in flight), ``G_r`` those jobs' piece gradients
+   stacked; the master keeps the rows that arrived, and every job that became decodable
+   is decoded as ``a^T (B_F G)`` (``a`` solved from the rows ``F`` it uses, which for a
+   sequential scheme may come from several rounds) and applied as one gradient step of
+   its model.
 
 Sequential schemes (``T > 0``) need job ``t``'s gradient before its model's next job
 starts, so ``models >= T + 1`` models are trained concurrently, round robin (job ``t``
@@ -41,12 +47,13 @@ from torch.func import grad
 
 from fedsim.coding import make_scheme
 from fedsim.coding.gradients import PieceGradients
-from fedsim.coding.sequential import Scheme
+from fedsim.coding.sequential import RoundEncoding, Scheme, Task
 from fedsim.errors import ScenarioError
 from fedsim.network.stragglers import gilbert_elliott_delays, load_linear
 from fedsim.seeding import numpy_rng, torch_generator
 
 MODELS = ("logreg", "mlp")
+DENSE_ENTRIES = 2**20  # a round's encoding matrix up to this size is multiplied dense
 
 
 def _shapes(model: str, dim: int, classes: int, hidden: int) -> list[tuple[int, ...]]:
@@ -224,9 +231,10 @@ class CodedLoop:
        gradients ``G [P, d]`` computed (``piece_grads(theta)``) at the parameters of its
        model (``(r - 1) mod models``);
     2. ``scheme.clock(delays[:, r - 1], mu)``: who straggled, how long the round lasted;
-    3. ``scheme.receive(r, stragglers)``; each arrived task's coded message
-       ``coeffs @ G[pieces]`` is formed and every decodable job decoded,
-       ``sum_k a_k message_k``, and applied as one step ``theta -= lr * g`` of its model.
+    3. ``scheme.receive(r, stragglers)``; the round's messages are one product ``E @ G_r``
+       (:meth:`encode`), the rows of the workers that arrived are kept, and every
+       decodable job is decoded, ``a^T (B_F G)`` (``sum_k a_k message_k`` over the rows
+       ``F`` its decode uses), and applied as one step ``theta -= lr * g`` of its model.
 
     Everything that changes from round to round is in :meth:`state_dict` (the scheme's
     state machine itself, the models, the gradients and messages in flight, the clock's
@@ -255,6 +263,37 @@ class CodedLoop:
         self.job_keys: dict[int, list[tuple]] = {}
         self.round, self.now, self.waits, self.done, self.steps = 0, 0.0, 0, 0, 0
 
+    def encode(self, tasks: list[Task]) -> tuple[RoundEncoding, torch.Tensor | None]:
+        """All of a round's messages as one product: ``(E, E @ G_r)``.
+
+        ``E`` (:meth:`Scheme.encoding <fedsim.coding.sequential.Scheme.encoding>`) is the
+        ``[tasks, J_r P]`` encoding matrix of the round's tasks over the pieces of the jobs
+        ``E.jobs`` they touch, ``G_r = [G(jobs[0]); G(jobs[1]); ...]`` ``[J_r P, d]`` those
+        jobs' piece gradients; row ``k`` of the product is task ``k``'s message ``sum_p
+        coeffs_p G(job)[p]``. Gradient coding: ``E = B``, ``G_r = G``, the messages ``B @ G``.
+        Up to :data:`DENSE_ENTRIES` entries ``E`` is multiplied as a dense matrix, above as
+        a sparse COO tensor (the same product; its cost grows with the non-zeros, at most
+        ``s + 1`` per row, not with ``tasks x J_r P``).
+
+        Args:
+            tasks: the round's tasks (``scheme.assign(r)``); their jobs' ``G`` must be
+                in ``self.grads``.
+
+        Returns:
+            ``(RoundEncoding, [tasks, d] messages)``; messages None when there is no task.
+        """
+        enc = self.scheme.encoding(tasks)
+        if not tasks:
+            return enc, None
+        parts = [self.grads[int(j)] for j in enc.jobs]
+        g = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if enc.shape[0] * enc.shape[1] <= DENSE_ENTRIES:
+            return enc, g.new_tensor(enc.dense()) @ g
+        index = torch.as_tensor(np.stack([enc.rows, enc.cols]), device=g.device)
+        e = torch.sparse_coo_tensor(index, g.new_tensor(enc.values), enc.shape,
+                                    check_invariants=False)  # built valid here
+        return enc, torch.sparse.mm(e, g)
+
     def play(self) -> dict:
         """Play the next round; its row: ``round``, ``sim_time_s``, ``duration_s``,
         ``waited``, ``waits`` (so far), ``stragglers`` (accepted), ``slow`` (slower than
@@ -270,17 +309,17 @@ class CodedLoop:
             self.grads[r] = self.piece_grads(self.thetas[(r - 1) % m_count])
         clk = sch.clock(self.delays[:, r - 1], self.mu)
         decodes = sch.receive(r, clk.stragglers)
-        arrived = 0
-        for t in tasks:
-            if not clk.stragglers[t.worker]:
-                g = self.grads[t.job]
-                self.messages[t.key] = g.new_tensor(t.coeffs) @ g[torch.as_tensor(t.pieces)]
-                self.job_keys.setdefault(t.job, []).append(t.key)
-                arrived += 1
+        _, messages = self.encode(tasks)  # [tasks, d]: E @ G_r, every worker's message
+        got = [k for k, t in enumerate(tasks) if not clk.stragglers[t.worker]]
+        if got:  # the rows that reached the master
+            for k, row in zip(got, messages[got].unbind(0), strict=True):
+                self.messages[tasks[k].key] = row
+                self.job_keys.setdefault(tasks[k].job, []).append(tasks[k].key)
+        arrived = len(got)
         cond, err = float("nan"), float("nan")
         for dec in decodes:
-            stack = torch.stack([self.messages[t.key] for t in dec.tasks])
-            g_dec = stack.new_tensor(dec.weights) @ stack
+            rows_f = torch.stack([self.messages[t.key] for t in dec.tasks])  # B_F G
+            g_dec = rows_f.new_tensor(dec.weights) @ rows_f                   # a^T (B_F G)
             full = self.grads[dec.job].sum(dim=0)
             rel = float((g_dec - full).norm() / full.norm().clamp_min(1e-300))
             err = rel if math.isnan(err) else max(err, rel)

@@ -9,11 +9,13 @@ the scheme's state machine (``assign`` -> ``clock`` -> ``receive``,
 the pieces through the population engine
 (:class:`fedsim.coding.gradients.PieceGradients`: the scenario's model and loss,
 ``model.factory`` included; summary.json's ``gradient_engine`` says which path), the
-arrived tasks' coded messages are formed and every decodable job is decoded and applied
-as one full-batch gradient step (``algorithm.lr``) of its model. Jobs go to ``models``
-models round robin (job ``t`` to model ``(t - 1) mod models``), all started from the
-scenario's initial model. Everything runs in float64, so an exact scheme's decoded
-gradient equals the full gradient to ~1e-12 (column ``grad_error``).
+round's coded messages are one product ``E @ G`` (``E`` the round's encoding matrix: the
+code's ``B`` for gradient coding), the master keeps the rows that arrived, and every
+decodable job is decoded (``a^T (B_F G)``) and applied as one full-batch gradient step
+(``algorithm.lr``) of its model. Jobs go to ``models`` models round robin (job ``t`` to
+model ``(t - 1) mod models``), all started from the scenario's initial model.
+Everything runs in float64, so an exact scheme's decoded gradient equals the full
+gradient to ~1e-12 (column ``grad_error``).
 
 The same files as the other runners (``RunLoop``): ``metrics.csv`` / ``.jsonl`` with the
 standard columns, then the scheme's own (:data:`CODED_COLUMNS`), then the user metrics;
