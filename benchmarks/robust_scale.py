@@ -6,7 +6,8 @@
 The 8x8 digits (inside scikit-learn), 32 i.i.d. clients that all take part every round,
 20 % of them Byzantine, an MLP 64-64-10, FedAvg with one local epoch, seed 0. Each cell is
 one run; the number is the final test accuracy (%), "div" when the run diverged (its
-``diverged_round``: the global model, or the honest clients' training from it, overflowed). Attacks: ``sign_flip`` (rows -c g), ``alie`` (mu - c sigma), ``gaussian_noise``
+``diverged_round``: the global model, or the honest clients' training from it, overflowed).
+Attacks: ``sign_flip`` (rows -c g), ``alie`` (mu - c sigma), ``gaussian_noise``
 (g + N(0, c^2)), with the scale c from 100 to 1e38 (float32's largest is 3.4e38; a larger
 parameter is a validation error). Rows with NaN/inf or a norm beyond float32 are rejected
 before aggregating (the "rej" column counts them over the run, summed over aggregators).

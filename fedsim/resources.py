@@ -27,8 +27,8 @@ Parts (host memory, bytes):
 * decentralized ``nodes``: the node models ``[n, d]`` four times (x, x~, the trained rows,
   the mixed rows); ``mixing``: D-SGD's Metropolis matrix, dense ``n x n`` (float64 and a
   float32 copy) up to ``DENSE_MAX_NODES`` nodes, sparse beyond (20 bytes an entry: one per
-  node and per edge direction); ``events``: 600 bytes per event of the asynchronous schedule and plan
-  and 16 bytes per sample index of the local steps' minibatches;
+  node and per edge direction); ``events``: 600 bytes per event of the asynchronous
+  schedule and plan and 16 bytes per sample index of the local steps' minibatches;
 * ``runtime``: 400 MiB for the interpreter, numpy and torch;
 * ``graph``: networkx's dicts, about 400 bytes per node and 600 per edge.
 

@@ -8,7 +8,7 @@ default: 100k x 50 x 60 float32 = 1.2 GB of training inputs), of which
 files, final evaluation).
 
 Reported: the time to build the data (the workload's, not fedsim's), fedsim's
-setup (data to tensors, model, clock, per-client index tensors), the round
+setup (data to tensors, model, clock, the CSR client index), the round
 itself, and memory: this process's peak RSS (``common.peak_rss_mb``, which also
 covers building the data), the resident memory before the run, and the peak
 while fedsim ran (sampled every 5 ms).
@@ -145,7 +145,7 @@ def _report(fig: dict, parts: dict[str, float], totals: dict[str, float], log: T
           file=log)
     setup_parts = ", ".join(f"{k.split(': ')[1]} {v:.3f} s" for k, v in totals.items()
                             if k.startswith("setup"))
-    print(f"  fedsim setup: {fig['setup_s']:.3f} s ({setup_parts}; the rest: per-client index "
+    print(f"  fedsim setup: {fig['setup_s']:.3f} s ({setup_parts}; the rest: the CSR client index, "
           "tensors, writer, algorithm)", file=log)
     print(f"  one round of {fig['cohort']} clients: {fig['round_s']:.3f} s "
           f"({fig['clients_per_s']:.0f} clients/s)", file=log)

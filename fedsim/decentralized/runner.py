@@ -58,8 +58,8 @@ from fedsim.decentralized.dsgd import (
     plan_async,
 )
 from fedsim.divergence import check_finite, warn
-from fedsim.population.index import ClientIndex, CohortIndex
 from fedsim.errors import ScenarioError
+from fedsim.population.index import ClientIndex, CohortIndex
 from fedsim.results.records import RoundRecord
 from fedsim.runners import (
     RunResult,

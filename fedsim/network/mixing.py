@@ -9,7 +9,6 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-
 # D-SGD mixes with the dense Metropolis matrix up to this many nodes, with its sparse
 # CSR form (``metropolis_csr``) beyond: the same weights, summed in another order.
 DENSE_MAX_NODES = 2048
