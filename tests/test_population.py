@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -308,3 +309,50 @@ def test_accuracy_rows_is_evaluate_row_by_row(kind: str) -> None:
             for i, r in enumerate(rows)]
     assert got == want
     assert len(set(want)) > 1  # the rows are different models
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=12), st.data())
+def test_csr_cohort_is_the_concatenation_of_its_clients(sizes, data) -> None:
+    """``ClientIndex.cohort(ids)`` gathers exactly ``cat(client_indices[i] for i in ids)``,
+    for any ids (any order, repeats), and the counts are the clients' sizes."""
+    import numpy as np
+
+    from fedsim.population.index import ClientIndex
+
+    rng = np.random.default_rng(len(sizes))
+    total = sum(sizes)
+    perm = rng.permutation(max(total, 1))
+    clients = np.split(perm[:total], np.cumsum(sizes)[:-1])
+    index = ClientIndex(clients, num_samples=max(total, 1))
+    ids = np.array(data.draw(st.lists(st.integers(0, len(sizes) - 1), max_size=20)),
+                   dtype=np.int64)
+    got = index.cohort(ids)
+    want = np.concatenate([clients[i] for i in ids]) if len(ids) else np.zeros(0, np.int64)
+    assert got.flat.tolist() == want.tolist()
+    assert got.counts.tolist() == [sizes[i] for i in ids]
+    everyone = index.cohort(np.arange(len(sizes)))
+    assert everyone.flat.tolist() == np.concatenate(clients).tolist()
+
+
+def test_csr_index_refuses_out_of_range_samples_and_trains_like_the_lists() -> None:
+    from fedsim.population.index import ClientIndex
+
+    with pytest.raises(IndexError, match=r"\[0, 5\)"):
+        ClientIndex([np.array([0, 5])], num_samples=5)
+    x, y = _data(40, (6,))
+    pop = Population(build_model(ModelConfig("mlp", (8,)), (6,), 4, seed=1), x, y)
+    clients = [c.numpy() for c in _clients([7, 3, 12, 9])]
+    ids = np.array([2, 0, 3])
+    a = pop.train(pop.flat_params(), ClientIndex(clients, 40).cohort(ids), lr=0.1, epochs=2,
+                  batch_size=4, gen=_gen())
+    b = pop.train(pop.flat_params(), [torch.from_numpy(clients[i]) for i in ids], lr=0.1,
+                  epochs=2, batch_size=4, gen=_gen())
+    assert torch.equal(a.updates, b.updates) and torch.equal(a.losses, b.losses)
+    out = torch.full((3, pop.d), float("nan"))
+    c = pop.train(pop.flat_params(), ClientIndex(clients, 40).cohort(ids), lr=0.1, epochs=2,
+                  batch_size=4, gen=_gen(), out=out)
+    assert c.updates.data_ptr() == out.data_ptr() and torch.equal(out, a.updates)
+    with pytest.raises(ValueError, match="out must be"):
+        pop.train(pop.flat_params(), ClientIndex(clients, 40).cohort(ids), lr=0.1, epochs=1,
+                  batch_size=4, gen=_gen(), out=torch.empty(2, pop.d))

@@ -54,10 +54,6 @@ class ClientIndex:
     def __len__(self) -> int:
         return len(self.sizes)
 
-    def client(self, i: int) -> np.ndarray:
-        """Client ``i``'s indices (a numpy view when the index lives on the CPU)."""
-        return self.flat[int(self.offsets[i]):int(self.offsets[i + 1])].cpu().numpy()
-
     def cohort(self, ids: np.ndarray) -> CohortIndex:
         """The indices of clients ``ids`` (in that order), end to end.
 
