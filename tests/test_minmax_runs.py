@@ -171,3 +171,28 @@ def test_cli_error_is_one_line(tmp_path):
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1
     assert out.stderr.startswith("fedsim: error: algorithm.minmax.gossip_steps: ")
+
+
+def test_the_gaussians_scenario_plays_the_documented_settings(tmp_path):
+    # the budget and settings of docs/minmax.md's 8-Gaussians table (benchmarks/minmax.py)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_minmax",
+                                                  ROOT / "benchmarks" / "minmax.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from fedsim.scenario import expand_variants
+
+    sc = load_scenario(ROOT / "fedsim" / "scenarios" / "gan_gaussians.toml")
+    variants = dict(expand_variants(sc))
+    for label, (method, params) in bench.GAN_SETTINGS.items():
+        mm = variants[label].algorithm.minmax
+        assert mm["method"] == method, label
+        assert {k: mm[k] for k in params} == params, label
+        assert mm["task"] == {"name": "gaussians", "loss": bench.GAN_TASK["loss"]}
+        assert variants[label].rounds == 2000 and variants[label].network.topology == "torus"
+    result = fedsim.run(ROOT / "fedsim" / "scenarios" / "gan_gaussians.toml",
+                        run_dir=tmp_path / "run", variant="dposg",
+                        overrides=["rounds=3", "eval_every=3"])
+    assert result.summary["nodes"] == 9 and result.summary["iterations"] == 3
+    assert 0 <= result.summary["final_minmax"]["modes_covered"] <= 8
