@@ -41,6 +41,11 @@ def test_limit_bench_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     assert fig["models_agree"] is True
     # the workload's MLP trains with the fused engine; chunks never exceed the clients
     assert fig["engine"] == "fused_mlp"
+    # ... so the hand-written fused program is a side too, like for like
+    assert _finite_positive(fig["limit_fused_s"])
+    assert _ratio_of_rounded(fig["ratio_fedsim_over_limit_fused"], fig["fedsim_s"],
+                             fig["limit_fused_s"], 4, 3)
+    assert fig["device"].startswith("cpu")
     assert 1 <= fig["engine_chunk"] <= 8 and 1 <= fig["limit_chunk"] <= 8
     # timings: finite and positive; each ratio is the quotient of the reported times
     assert _finite_positive(fig["fedsim_s"], fig["limit_s"], fig["limit_chunked_s"])
