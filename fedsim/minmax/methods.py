@@ -536,8 +536,9 @@ class GradientTracking:
         "Harnessing Smoothness to Accelerate Distributed Optimization" (IEEE TCNS 2018);
         Qureshi & Khan, "Distributed saddle point problems for strongly concave-convex
         functions" (GT-GDA; arXiv 2202.05812); Mukherjee & Chakraborty, "A Decentralized
-        Algorithm for Large Scale Min-Max Problems" (IEEE CDC 2020), extragradient with
-        tracking; Korpelevich (1976).
+        Algorithm for Large Scale Min-Max Problems" (IEEE CDC 2020; extragradient with
+        tracking, its text not checked here); Korpelevich (1976). The extragradient form
+        above (DIGing's rule for both evaluations, one exchange) is our construction.
     """
 
     name: str = "gt_extragradient"
