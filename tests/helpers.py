@@ -1,6 +1,8 @@
-"""Shared test helpers: a piece's context, random connected graphs."""
+"""Shared test helpers: a piece's context, random connected graphs, a run that kills itself."""
 
 from __future__ import annotations
+
+import textwrap
 
 import networkx as nx
 import torch
@@ -34,3 +36,19 @@ def connected_graphs(draw: st.DrawFn, max_nodes: int = 20) -> nx.Graph:
         if u != v:
             G.add_edge(u, v)
     return G
+
+
+# ``python -c KILLER SCENARIO RUN_DIR K``: a run that SIGKILLs itself once row K is written
+# (its checkpoint, if due, is not): what the kill -9 then --resume tests start from.
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import fedsim
+
+    scenario, run_dir, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+    def die(row):
+        if row["round"] == kill_at:  # rows of kill_at are written, its checkpoint is not
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    fedsim.run(scenario, run_dir=run_dir, callback=die)
+""")

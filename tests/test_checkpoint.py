@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import KILLER
 
 import fedsim
 from fedsim.errors import DataError, FedsimError, ScenarioError
@@ -79,19 +80,6 @@ DECENTRALIZED = textwrap.dedent("""
     [network.compute]
     model = "lognormal"
     seconds_per_sample = 0.01
-""")
-
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    import fedsim
-
-    scenario, run_dir, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-
-    def die(row):
-        if row["round"] == kill_at:  # rows of kill_at are written, its checkpoint is not
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    fedsim.run(scenario, run_dir=run_dir, callback=die)
 """)
 
 FILES = ("metrics.csv", "metrics.jsonl", "consensus.csv")

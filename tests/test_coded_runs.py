@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import KILLER
 
 import fedsim
 from fedsim.errors import ScenarioError
@@ -116,20 +117,6 @@ def test_a_user_model_and_loss_get_their_gradients_through_the_population_engine
     s = user.summary
     assert s["gradient_engine"] == "vmap" and s["num_params"] == 64 * 12 + 12 + 12 * 10 + 10
     assert s["jobs_done"] == 5 and s["max_grad_error"] < 1e-9
-
-
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    import fedsim
-
-    scenario, run_dir, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-
-    def die(row):
-        if row["round"] == kill_at:  # rows of kill_at are written, its checkpoint is not
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    fedsim.run(scenario, run_dir=run_dir, callback=die)
-""")
 
 
 def test_kill9_then_resume_gives_identical_files(tmp_path, scheme="m-sgc"):

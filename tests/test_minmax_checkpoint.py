@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import KILLER
 
 import fedsim
 
@@ -51,20 +52,6 @@ def _scenario(tmp_path: Path, method: str = "dadam3", lr: float = 1e-3,
 
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "FEDSIM_QUIET": "1"}
-
-
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    import fedsim
-
-    scenario, run_dir, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-
-    def die(row):
-        if row["round"] == kill_at:  # rows of kill_at are written, its checkpoint is not
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    fedsim.run(scenario, run_dir=run_dir, callback=die)
-""")
 
 
 def _same_files(one: Path, two: Path) -> None:
