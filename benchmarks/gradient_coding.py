@@ -45,7 +45,7 @@ from fedsim.coding import (
     srsgc_s,
     straggler_mask,
 )
-from fedsim.coding.sequential import srsgc_timing
+from fedsim.coding.playback import srsgc_timing
 from fedsim.network.stragglers import burst_delays
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

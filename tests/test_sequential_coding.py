@@ -22,7 +22,7 @@ from fedsim.coding import (
     srsgc_s,
     wait_for_all,
 )
-from fedsim.coding.sequential import srsgc_timing
+from fedsim.coding.playback import srsgc_timing
 from fedsim.errors import ScenarioError
 
 

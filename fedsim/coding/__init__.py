@@ -5,8 +5,10 @@
 - :mod:`fedsim.network.stragglers`: the ``mu`` straggler rule, round durations, the
   ``(B, W, lambda)``-bursty model and worker delay profiles (Krishnan et al., ICLR 2023).
 - :mod:`fedsim.coding.sequential`: round-by-round schedules as state machines: GC,
-  SR-SGC, M-SGC; :func:`play_schedule` plays one on a delay profile without tensors;
-  :func:`srsgc_timing` is SR-SGC's clock alone, fast enough for parameter grids.
+  SR-SGC, M-SGC.
+- :mod:`fedsim.coding.playback`: :func:`play_schedule` plays a scheme on a delay profile
+  without tensors; :func:`srsgc_timing` is SR-SGC's clock alone, fast enough for
+  parameter grids.
 - :mod:`fedsim.coding.baselines`: wait for all; ignore stragglers.
 - :mod:`fedsim.coding.gradients`: a job's per-piece gradients through fedsim's population
   engine (:class:`~fedsim.coding.gradients.PieceGradients`).
@@ -33,6 +35,7 @@ from fedsim.coding.codes import (
     frc_matrix,
     make_code,
 )
+from fedsim.coding.playback import ScheduleResult, play_schedule, srsgc_timing
 from fedsim.coding.sequential import (
     MSGC,
     SRSGC,
@@ -40,14 +43,11 @@ from fedsim.coding.sequential import (
     GradientCodingScheme,
     JobDecode,
     RoundEncoding,
-    ScheduleResult,
     Scheme,
     Task,
     msgc_load,
-    play_schedule,
     round_encoding,
     srsgc_s,
-    srsgc_timing,
 )
 from fedsim.network.stragglers import (
     AtMostS,
