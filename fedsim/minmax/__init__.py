@@ -21,25 +21,22 @@ from fedsim.minmax.gan import gaussian_mixture_gan, mode_metrics
 from fedsim.minmax.methods import (
     DPOSG,
     LOOKAHEADS,
-    METHODS,
     MIXES,
     AdaptiveMinMax,
     DecentralizedExtragradient,
     DecentralizedGDA,
-    GradientTracking,
     adam_server,
     dadam3,
     extra_adam_server,
     gossip,
-    gt_extragradient,
-    gt_gda,
-    make_method,
     mixing_matrix,
     optimistic_adam_server,
 )
 from fedsim.minmax.operator import MinMaxTask, Operator
+from fedsim.minmax.registry import METHODS, make_method
 from fedsim.minmax.run import TASKS, make_task, run_minmax
 from fedsim.minmax.timing import GossipClock, IterationCost, ServerClock
+from fedsim.minmax.tracking import GradientTracking, gt_extragradient, gt_gda
 
 __all__ = [
     "DPOSG", "LOOKAHEADS", "METHODS", "MIXES", "TASKS", "AdaptiveMinMax",

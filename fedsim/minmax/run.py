@@ -30,8 +30,9 @@ from torch import Tensor
 
 from fedsim.config import NetworkConfig
 from fedsim.errors import ScenarioError
-from fedsim.minmax.methods import Method, make_method, mixing_matrix
+from fedsim.minmax.methods import Method, mixing_matrix
 from fedsim.minmax.operator import MinMaxTask, Operator
+from fedsim.minmax.registry import make_method
 from fedsim.minmax.timing import GossipClock, ServerClock
 from fedsim.seeding import torch_generator
 
@@ -99,7 +100,7 @@ def run_minmax(task: MinMaxTask, method: Method | str, graph: nx.Graph, iteratio
 
     Args:
         task: the problem (``task.num_nodes`` must equal the graph's node count).
-        method: a method object, or a name for :func:`~fedsim.minmax.methods.make_method`.
+        method: a method object, or a name for :func:`~fedsim.minmax.registry.make_method`.
         graph: connected undirected graph, nodes ``0..n-1`` (server methods use only ``n``,
             and need no edges).
         iterations: iterations to play (>= 0).

@@ -62,7 +62,7 @@ def minmax_spec(table: Any) -> MinMaxSpec:
             (missing or unknown), ``algorithm.minmax.<param>`` (not a parameter of the
             method), ``algorithm.minmax.task`` / ``.task.name`` / ``.task.<param>``.
     """
-    from fedsim.minmax.methods import METHODS, _allowed_params
+    from fedsim.minmax.registry import METHODS, _allowed_params
     from fedsim.minmax.run import TASKS
 
     if not isinstance(table, dict):
@@ -94,7 +94,7 @@ def minmax_spec(table: Any) -> MinMaxSpec:
 
 def build_method(spec: MinMaxSpec):
     """The method object (``make_method``), its errors keyed ``algorithm.minmax.*``."""
-    from fedsim.minmax.methods import make_method
+    from fedsim.minmax.registry import make_method
 
     try:
         return make_method(spec.method, **spec.method_params)
