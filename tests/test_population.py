@@ -356,3 +356,18 @@ def test_csr_index_refuses_out_of_range_samples_and_trains_like_the_lists() -> N
     with pytest.raises(ValueError, match="out must be"):
         pop.train(pop.flat_params(), ClientIndex(clients, 40).cohort(ids), lr=0.1, epochs=1,
                   batch_size=4, gen=_gen(), out=torch.empty(2, pop.d))
+
+
+@pytest.mark.parametrize("sizes", [[4, 4, 4, 4], [0, 0, 0], [3, 5, 0, 2]])
+def test_csr_cohort_with_equal_and_unequal_sizes(sizes) -> None:
+    """Equal sizes take the row-gather path, unequal ones the general one: same answer."""
+    from fedsim.population.index import ClientIndex
+
+    total = sum(sizes)
+    clients = np.split(np.random.default_rng(0).permutation(max(total, 1))[:total],
+                       np.cumsum(sizes)[:-1])
+    index = ClientIndex(clients, max(total, 1))
+    assert (index._rows is not None) == (len(set(sizes)) == 1)
+    ids = np.array([2, 0, 2, 1])
+    want = np.concatenate([clients[i] for i in ids])
+    assert index.cohort(ids).flat.tolist() == want.tolist()

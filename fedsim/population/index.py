@@ -50,6 +50,10 @@ class ClientIndex:
         self.device = torch.device(device)
         self.flat = torch.from_numpy(flat).to(self.device)
         self._starts = torch.from_numpy(self.offsets[:-1]).to(self.device)
+        # every client the same size: the flat array is an [n, size] matrix, and a cohort
+        # is a gather of its rows
+        same = n > 0 and bool((self.sizes == self.sizes[0]).all())
+        self._rows = self.flat.view(n, int(self.sizes[0])) if same else None
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -65,9 +69,12 @@ class ClientIndex:
         m = len(ids)
         if m == len(self.sizes) and (m == 0 or (ids[0] == 0 and (np.diff(ids) == 1).all())):
             return CohortIndex(self.flat, counts)  # everyone, in id order: the whole array
+        ids_dev = torch.from_numpy(ids).to(self.device)
+        if self._rows is not None:
+            return CohortIndex(self._rows.index_select(0, ids_dev).reshape(-1), counts)
         total = int(counts.sum())
         counts_dev = counts.to(self.device)
-        starts = self._starts[torch.from_numpy(ids).to(self.device)]
+        starts = self._starts[ids_dev]
         # position k of the cohort's j-th client is starts[j] + (k - first[j])
         first = torch.cumsum(counts_dev, 0) - counts_dev
         shift = torch.repeat_interleave(starts - first, counts_dev, output_size=total)
