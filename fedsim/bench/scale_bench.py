@@ -145,8 +145,8 @@ def _report(fig: dict, parts: dict[str, float], totals: dict[str, float], log: T
           file=log)
     setup_parts = ", ".join(f"{k.split(': ')[1]} {v:.3f} s" for k, v in totals.items()
                             if k.startswith("setup"))
-    print(f"  fedsim setup: {fig['setup_s']:.3f} s ({setup_parts}; the rest: the CSR client index, "
-          "tensors, writer, algorithm)", file=log)
+    print(f"  fedsim setup: {fig['setup_s']:.3f} s ({setup_parts}; the rest: the CSR client "
+          "index, writer, algorithm)", file=log)
     print(f"  one round of {fig['cohort']} clients: {fig['round_s']:.3f} s "
           f"({fig['clients_per_s']:.0f} clients/s)", file=log)
     for k, v in parts.items():
