@@ -103,6 +103,14 @@ def test_scale_bench_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     assert fig["overhead_s"] <= max(0.0, fig["total_run_s"] / fig["rounds"] - work) + 1e-3
 
 
+def test_scale_bench_with_logistic_regression(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--hidden 0``: the workload's model is logistic regression (610 parameters)."""
+    assert main(["bench", "scale", "--population", "30", "--cohort", "30",
+                 "--samples-per-client", "5", "--hidden", "0"]) == 0
+    fig = _last_json(capsys)
+    assert fig["hidden"] == 0 and fig["cohort"] == 30 and fig["overhead_us_per_client"] >= 0
+
+
 def test_limit_program_matches_fedsim_with_two_epochs_and_partial_batches() -> None:
     """The limit replays fedsim's minibatches also for E = 2 and a partial last batch."""
     import dataclasses

@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training samples per client (fewer to save memory; 50 is the "
                              "shared workload)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds (the figures are per round)")
+    parser.add_argument("--hidden", type=int, default=200,
+                        help="the MLP's hidden width (default 200, the shared workload); 0: "
+                             "logistic regression, 610 parameters, for a million clients on a "
+                             "small machine")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: fedsim's choice, 1 on CPU)")
     common.add_device_argument(parser)
@@ -55,6 +59,8 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
         raise FedsimError("need 1 <= --cohort <= --population")
     if args.samples_per_client < 1 or args.rounds < 1:
         raise FedsimError("--samples-per-client and --rounds must be >= 1")
+    if args.hidden < 0:
+        raise FedsimError(f"--hidden: must be an integer >= 0, got {args.hidden}")
     if args.threads is not None and args.threads < 1:
         raise FedsimError("--threads must be >= 1")
     from fedsim.bench.common import torch_threads
@@ -69,11 +75,11 @@ def _run(args: argparse.Namespace, log: TextIO, device: str) -> dict:
     import torch
 
     w = workload.Workload(clients=args.population, rounds=args.rounds,
-                          samples_per_client=args.samples_per_client)
+                          samples_per_client=args.samples_per_client, hidden=args.hidden)
     n_train = w.clients * w.samples_per_client
     print(f"scale bench: cohort {args.cohort} of {w.clients} clients x {w.samples_per_client} "
           f"samples ({n_train * w.dim * 4 / 2**30:.2f} GiB of float32 inputs), "
-          f"{w.rounds} round(s), MLP {w.dim}-{w.hidden}-{w.classes}, batch {w.batch_size}; "
+          f"{w.rounds} round(s), {_model_text(w)}, batch {w.batch_size}; "
           f"torch {torch.__version__}, {common.device_name(device)}", file=log)
 
     warm_s, _ = common.timed(lambda: _warm_up(device))
@@ -104,7 +110,7 @@ def _run(args: argparse.Namespace, log: TextIO, device: str) -> dict:
     mean_round_s = sum(round_walls) / len(round_walls) if round_walls else rounds_s / w.rounds
     overhead_s = max(0.0, mean_round_s - work_s)  # means over the rounds, like the parts
     figures: dict[str, Any] = {
-        "bench": "scale", "population": w.clients, "cohort": args.cohort,
+        "bench": "scale", "population": w.clients, "cohort": args.cohort, "hidden": w.hidden,
         "samples_per_client": w.samples_per_client, "rounds": w.rounds,
         "round_s": round(round_s, 3), "setup_s": round(setup_s, 3),
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
@@ -125,6 +131,11 @@ def _run(args: argparse.Namespace, log: TextIO, device: str) -> dict:
     }
     _report(figures, parts, probe.totals, log)
     return figures
+
+
+def _model_text(w: workload.Workload) -> str:
+    return (f"MLP {w.dim}-{w.hidden}-{w.classes}" if w.hidden
+            else f"logistic regression {w.dim}-{w.classes}")
 
 
 def _warm_up(device: str) -> None:

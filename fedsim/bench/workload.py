@@ -32,7 +32,7 @@ class Workload:
     rounds: int = 3
     samples_per_client: int = 50
     dim: int = 60
-    hidden: int = 200
+    hidden: int = 200  # the MLP's hidden width; 0: logistic regression (no hidden layer)
     classes: int = 10
     batch_size: int = 10
     epochs: int = 1
@@ -59,7 +59,7 @@ def make_data(w: Workload) -> FederatedData:
 
 
 def model_config(w: Workload) -> ModelConfig:
-    return ModelConfig(name="mlp", hidden=(w.hidden,))
+    return ModelConfig(name="mlp", hidden=(w.hidden,)) if w.hidden else ModelConfig("logreg")
 
 
 def make_model(w: Workload):
