@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR
 #
-# 1. the CUDA tests; 2. fedsim vs the hand-written limits (vmapped, fused) at 10k and
+# 1. the CUDA tests and three shipped scenarios on the GPU; 2. fedsim vs the hand-written limits (vmapped, fused) at 10k and
 # 100k clients; 3. one round of 1M clients (20 samples each) and of a 100k cohort with
 # the overhead breakdown. Each bench's JSON line goes to OUT_DIR/<name>.json, its report
 # to OUT_DIR/<name>.log. Needs torch with CUDA, numpy, networkx, simpy (fedsim's
@@ -23,6 +23,10 @@ run() {  # run NAME ARGS...: one bench, JSON line and report kept apart
 
 timeout 240 "$py" -m pytest -q -p no:cacheprovider -k "cuda or gpu or device" tests/ \
   >"$out/tests.log" 2>&1; echo "tests: exit $? $(tail -n 1 "$out/tests.log")"
+for s in quickstart gossip_ring robust_bgmd; do  # end to end on the GPU: CSR, buffer, mixing
+  timeout 120 "$py" -m fedsim run "scenarios/$s.toml" --set device=cuda --set rounds=3 \
+    --out "$out/runs" --overwrite >"$out/run_$s.log" 2>&1; echo "run $s: exit $?"
+done
 run limit_10k limit --device cuda --clients 10000 --rounds 3 --repeats 3 --no-breakdown
 run limit_100k limit --device cuda --clients 100000 --rounds 2 --repeats 2 --no-breakdown \
   --no-chunked-limit
