@@ -1,8 +1,15 @@
-"""Shared test helpers: a piece's context, random connected graphs, a run that kills itself."""
+"""Shared test helpers: a piece's context, random connected graphs, a run killed with
+SIGKILL and resumed."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import networkx as nx
 import torch
@@ -38,9 +45,11 @@ def connected_graphs(draw: st.DrawFn, max_nodes: int = 20) -> nx.Graph:
     return G
 
 
-# ``python -c KILLER SCENARIO RUN_DIR K``: a run that SIGKILLs itself once row K is written
-# (its checkpoint, if due, is not): what the kill -9 then --resume tests start from.
-KILLER = textwrap.dedent("""
+ROOT = Path(__file__).resolve().parents[1]
+
+# A run that SIGKILLs itself once row K is written (its checkpoint, if due, is not):
+# what the kill -9 then --resume tests start from.
+_KILLER = textwrap.dedent("""
     import os, signal, sys
     import fedsim
 
@@ -52,3 +61,24 @@ KILLER = textwrap.dedent("""
 
     fedsim.run(scenario, run_dir=run_dir, callback=die)
 """)
+
+
+def subprocess_env() -> dict:
+    """The environment of a ``fedsim`` child process: this checkout, no progress lines."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "FEDSIM_QUIET": "1"}
+
+
+def kill_then_resume(path: Path, run_dir: Path, kill_at: int) -> subprocess.CompletedProcess:
+    """Run the scenario ``path`` into ``run_dir`` in a child that SIGKILLs itself after row
+    ``kill_at`` (checked: killed, summary still ``running``), then ``fedsim run --resume``
+    it in another child; returns the resume's completed process."""
+    killer = path.parent / "killer.py"
+    killer.write_text(_KILLER)
+    died = subprocess.run([sys.executable, str(killer), str(path), str(run_dir), str(kill_at)],
+                          cwd=path.parent, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
+    return subprocess.run([sys.executable, "-m", "fedsim", "run", str(path), "--quiet",
+                           "--resume", str(run_dir)], cwd=path.parent, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)

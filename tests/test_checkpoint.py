@@ -4,8 +4,6 @@ byte for byte, as a run never interrupted (federated, D-SGD, accelerated gossip)
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -13,12 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import KILLER
+from helpers import kill_then_resume, subprocess_env
 
 import fedsim
 from fedsim.errors import DataError, FedsimError, ScenarioError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # A CNN with BatchNorm and Dropout (buffers, and randomness inside the model).
 MODEL = textwrap.dedent("""
@@ -85,10 +81,6 @@ DECENTRALIZED = textwrap.dedent("""
 FILES = ("metrics.csv", "metrics.jsonl", "consensus.csv")
 
 
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "FEDSIM_QUIET": "1"}
-
-
 def _scenario(tmp_path: Path, text: str) -> Path:
     (tmp_path / "ckmodel.py").write_text(MODEL)
     path = tmp_path / "s.toml"
@@ -96,25 +88,12 @@ def _scenario(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def _kill_then_resume(path: Path, run_dir: Path, kill_at: int) -> subprocess.CompletedProcess:
-    killer = path.parent / "killer.py"
-    killer.write_text(KILLER)
-    died = subprocess.run([sys.executable, str(killer), str(path), str(run_dir), str(kill_at)],
-                          cwd=path.parent, env=_env(), capture_output=True, text=True,
-                          timeout=300)
-    assert died.returncode == -signal.SIGKILL, died.stderr
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
-    return subprocess.run([sys.executable, "-m", "fedsim", "run", str(path), "--quiet",
-                           "--resume", str(run_dir)], cwd=path.parent, env=_env(),
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.parametrize("kind", ["fedavg", "dsgd", "accelerated_gossip_sgd"])
 def test_kill9_then_resume_gives_identical_files(tmp_path, kind):
     text = FEDERATED if kind == "fedavg" else DECENTRALIZED.format(name=kind)
     path = _scenario(tmp_path, text)
     whole = fedsim.run(path, run_dir=tmp_path / "whole")
-    resumed = _kill_then_resume(path, tmp_path / "killed", kill_at=5)  # checkpoint at 3
+    resumed = kill_then_resume(path, tmp_path / "killed", kill_at=5)  # checkpoint at 3
     assert resumed.returncode == 0, resumed.stderr
     for name in FILES:
         a, b = tmp_path / "whole" / name, tmp_path / "killed" / name
@@ -181,7 +160,7 @@ def test_cli_resume_of_several_runs_is_one_line(tmp_path):
     path = _scenario(tmp_path, DECENTRALIZED.format(name="dsgd")
                      + '\n[variants.a]\nalgorithm.lr = 0.1\n[variants.b]\nalgorithm.lr = 0.2\n')
     out = subprocess.run([sys.executable, "-m", "fedsim", "run", str(path), "--resume",
-                          str(tmp_path)], cwd=tmp_path, env=_env(), capture_output=True,
+                          str(tmp_path)], cwd=tmp_path, env=subprocess_env(), capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,15 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import KILLER
+from helpers import kill_then_resume, subprocess_env
 
 import fedsim
 from fedsim.errors import ScenarioError
 from fedsim.results.records import METRIC_FIELDS
 from fedsim.runs.coded import CODED_COLUMNS
 from fedsim.scenario import load_scenario
-
-ROOT = Path(__file__).resolve().parents[1]
 
 CODED = textwrap.dedent("""
     name = "coded"
@@ -55,10 +51,6 @@ def _scenario(tmp_path: Path, scheme: str = "m-sgc", rounds: int = 10) -> Path:
     path = tmp_path / f"{scheme}.toml"
     path.write_text(CODED.format(scheme=scheme, rounds=rounds))
     return path
-
-
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "FEDSIM_QUIET": "1"}
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -122,15 +114,7 @@ def test_a_user_model_and_loss_get_their_gradients_through_the_population_engine
 def test_kill9_then_resume_gives_identical_files(tmp_path, scheme="m-sgc"):
     path = _scenario(tmp_path, scheme)
     fedsim.run(path, run_dir=tmp_path / "whole")
-    killer = tmp_path / "killer.py"
-    killer.write_text(KILLER)
-    died = subprocess.run([sys.executable, str(killer), str(path), str(tmp_path / "killed"),
-                           "5"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                          timeout=300)
-    assert died.returncode == -signal.SIGKILL, died.stderr
-    resumed = subprocess.run([sys.executable, "-m", "fedsim", "run", str(path), "--quiet",
-                              "--resume", str(tmp_path / "killed")], cwd=tmp_path, env=_env(),
-                             capture_output=True, text=True, timeout=300)
+    resumed = kill_then_resume(path, tmp_path / "killed", 5)
     assert resumed.returncode == 0, resumed.stderr
     for name in ("metrics.csv", "metrics.jsonl"):
         assert ((tmp_path / "whole" / name).read_bytes()
@@ -164,7 +148,7 @@ def test_a_run_stopped_by_an_error_resumes_to_the_same_files(tmp_path):
 
 def test_the_shipped_scenario_compares_the_five_schemes_from_the_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "fedsim", "run", "gradient_coding", "--quiet",
-                          "--out", str(tmp_path)], cwd=tmp_path, env=_env(),
+                          "--out", str(tmp_path)], cwd=tmp_path, env=subprocess_env(),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     study = tmp_path / "gradient_coding"
@@ -231,7 +215,7 @@ def test_a_trace_of_the_right_shape_is_used_as_is(tmp_path):
 
 def test_cli_error_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "fedsim", "validate", str(_scenario(tmp_path)),
-                          "--set", "algorithm.coding.lam=9"], cwd=tmp_path, env=_env(),
+                          "--set", "algorithm.coding.lam=9"], cwd=tmp_path, env=subprocess_env(),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1

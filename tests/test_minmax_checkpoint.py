@@ -4,19 +4,13 @@ a run writes the same metrics files, byte for byte, as one never interrupted."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import KILLER
+from helpers import kill_then_resume
 
 import fedsim
-
-ROOT = Path(__file__).resolve().parents[1]
 
 GAN = textwrap.dedent("""
     name = "mm_ckpt"
@@ -50,10 +44,6 @@ def _scenario(tmp_path: Path, method: str = "dadam3", lr: float = 1e-3,
     return path
 
 
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "FEDSIM_QUIET": "1"}
-
-
 def _same_files(one: Path, two: Path) -> None:
     for name in ("metrics.csv", "metrics.jsonl"):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
@@ -64,15 +54,7 @@ def test_kill9_then_resume_gives_identical_files(tmp_path):
     # compute model (the clock's stream): all of it must come back from checkpoint.pt
     path = _scenario(tmp_path)
     whole = fedsim.run(path, run_dir=tmp_path / "whole")
-    killer = tmp_path / "killer.py"
-    killer.write_text(KILLER)
-    died = subprocess.run([sys.executable, str(killer), str(path), str(tmp_path / "killed"),
-                           "6"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                          timeout=300)
-    assert died.returncode == -signal.SIGKILL, died.stderr
-    resumed = subprocess.run([sys.executable, "-m", "fedsim", "run", str(path), "--quiet",
-                              "--resume", str(tmp_path / "killed")], cwd=tmp_path,
-                             env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = kill_then_resume(path, tmp_path / "killed", 6)
     assert resumed.returncode == 0, resumed.stderr
     _same_files(tmp_path / "whole", tmp_path / "killed")
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())

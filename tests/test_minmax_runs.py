@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import subprocess_env
 
 import fedsim
 from fedsim.config import NetworkConfig
@@ -52,10 +52,6 @@ def _scenario(tmp_path: Path, method: str = "dposg", rounds: int = 40) -> Path:
     return path
 
 
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "FEDSIM_QUIET": "1"}
-
-
 def _rows(run_dir: Path) -> list[dict]:
     with (run_dir / "metrics.csv").open() as f:
         return list(csv.DictReader(f))
@@ -92,7 +88,7 @@ def test_a_minmax_scenario_writes_the_same_numbers_as_run_minmax(tmp_path, metho
 
 def test_the_shipped_scenario_compares_the_methods_from_the_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "fedsim", "run", "minmax_bilinear", "--quiet",
-                          "--out", str(tmp_path)], cwd=tmp_path, env=_env(),
+                          "--out", str(tmp_path)], cwd=tmp_path, env=subprocess_env(),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     study = tmp_path / "minmax_bilinear"
@@ -167,7 +163,7 @@ def test_a_missing_method_and_a_resume_without_checkpoint_are_refused(tmp_path):
 def test_cli_error_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "fedsim", "validate", str(_scenario(tmp_path)),
                           "--set", "algorithm.minmax.gossip_steps=0"], cwd=tmp_path,
-                         env=_env(), capture_output=True, text=True, timeout=120)
+                         env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1
     assert out.stderr.startswith("fedsim: error: algorithm.minmax.gossip_steps: ")
