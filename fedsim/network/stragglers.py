@@ -277,8 +277,7 @@ def gilbert_elliott_delays(n: int, rounds: int, rng: np.random.Generator, *,
         slow[:, r] = state
         u = rng.random(n)
         state = np.where(state, u >= p_recover, u < p_slow)
-    base = fast_s * rng.uniform(1.0 - jitter, 1.0 + jitter, size=(n, rounds))
-    return np.where(slow, base * slow_factor, base)
+    return _slow_delays(slow, rng, fast_s, slow_factor, jitter)
 
 
 def burst_delays(n: int, rounds: int, rng: np.random.Generator, *, p_slow: float = 0.02,
@@ -329,7 +328,14 @@ def burst_delays(n: int, rounds: int, rng: np.random.Generator, *, p_slow: float
         ending = left == 1
         left = np.maximum(left - 1, 0)
         cool = np.where(ending, gap, np.maximum(cool - (~slow[:, r]), 0))
-    base = fast_s * rng.uniform(1.0 - jitter, 1.0 + jitter, size=(n, rounds))
+    return _slow_delays(slow, rng, fast_s, slow_factor, jitter)
+
+
+def _slow_delays(slow: np.ndarray, rng: np.random.Generator, fast_s: float,
+                 slow_factor: float, jitter: float) -> np.ndarray:
+    """Delays ``[n, rounds]`` of a slow-worker mask: ``fast_s * U(1 - jitter, 1 + jitter)``,
+    ``slow_factor`` times that where ``slow``."""
+    base = fast_s * rng.uniform(1.0 - jitter, 1.0 + jitter, size=slow.shape)
     return np.where(slow, base * slow_factor, base)
 
 
