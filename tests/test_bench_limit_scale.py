@@ -107,8 +107,12 @@ def test_scale_bench_with_logistic_regression(capsys: pytest.CaptureFixture[str]
     """``--hidden 0``: the workload's model is logistic regression (610 parameters)."""
     assert main(["bench", "scale", "--population", "30", "--cohort", "30",
                  "--samples-per-client", "5", "--hidden", "0"]) == 0
-    fig = _last_json(capsys)
+    captured = capsys.readouterr()
+    fig = json.loads(captured.out.strip().splitlines()[-1])
     assert fig["hidden"] == 0 and fig["cohort"] == 30 and fig["overhead_us_per_client"] >= 0
+    assert "logistic regression 60-10" in captured.err
+    w = workload.Workload(clients=2, hidden=0)
+    assert sum(p.numel() for p in workload.make_model(w).parameters()) == 610
 
 
 def test_limit_program_matches_fedsim_with_two_epochs_and_partial_batches() -> None:
