@@ -111,8 +111,10 @@ def test_scale_bench_with_logistic_regression(capsys: pytest.CaptureFixture[str]
     fig = json.loads(captured.out.strip().splitlines()[-1])
     assert fig["hidden"] == 0 and fig["cohort"] == 30 and fig["overhead_us_per_client"] >= 0
     assert "logistic regression 60-10" in captured.err
-    w = workload.Workload(clients=2, hidden=0)
-    assert sum(p.numel() for p in workload.make_model(w).parameters()) == 610
+    for hidden in (0, 7):  # the count the --hidden memory check uses is the built model's
+        w = workload.Workload(clients=2, hidden=hidden)
+        assert sum(p.numel() for p in workload.make_model(w).parameters()) == w.num_params
+    assert workload.Workload(hidden=0).num_params == 610
 
 
 def test_limit_program_matches_fedsim_with_two_epochs_and_partial_batches() -> None:

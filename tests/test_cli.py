@@ -125,7 +125,8 @@ def test_sweep_without_a_grid_is_one_line():
 @pytest.mark.parametrize("args", [["flower", "--clients", "0"], ["limit", "--clients", "-5"],
                                   ["clock", "--clients", "0"], ["scale", "--cohort", "0"],
                                   ["limit", "--device", "gpu"], ["scale", "--device", "cuda:x"],
-                                  ["flower", "--device", "tpu"], ["scale", "--hidden", "-1"]])
+                                  ["flower", "--device", "tpu"], ["scale", "--hidden", "-1"],
+                                  ["scale", "--hidden", "1000000000"]])
 def test_bad_bench_flags_are_one_line(args):
     out = fedsim("bench", *args)
     assert out.returncode == 2

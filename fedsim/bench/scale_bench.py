@@ -61,6 +61,7 @@ def run(args: argparse.Namespace, log: TextIO) -> dict:
         raise FedsimError("--samples-per-client and --rounds must be >= 1")
     if args.hidden < 0:
         raise FedsimError(f"--hidden: must be an integer >= 0, got {args.hidden}")
+    _check_model_fits(workload.Workload(hidden=args.hidden))
     if args.threads is not None and args.threads < 1:
         raise FedsimError("--threads must be >= 1")
     from fedsim.bench.common import torch_threads
@@ -131,6 +132,19 @@ def _run(args: argparse.Namespace, log: TextIO, device: str) -> dict:
     }
     _report(figures, parts, probe.totals, log)
     return figures
+
+
+def _check_model_fits(w: workload.Workload) -> None:
+    """A ``--hidden`` whose model alone would not fit in memory is a one-line error (the
+    run's own check sizes the cohort once the model is built)."""
+    from fedsim.resources import MODEL_COPIES, available_memory, fmt_bytes
+
+    need = MODEL_COPIES * 4 * w.num_params
+    avail, source = available_memory()
+    if need > avail:
+        raise FedsimError(f"--hidden: a model of {w.num_params:,} parameters needs about "
+                          f"{fmt_bytes(need)}, more than the {fmt_bytes(avail)} available "
+                          f"({source}); use a smaller width")
 
 
 def _model_text(w: workload.Workload) -> str:

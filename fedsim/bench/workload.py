@@ -40,6 +40,13 @@ class Workload:
     test_samples: int = 2000
     seed: int = 0
 
+    @property
+    def num_params(self) -> int:
+        """Parameters of the workload's model (``make_model``'s), counted without building it."""
+        if not self.hidden:
+            return self.dim * self.classes + self.classes
+        return self.dim * self.hidden + self.hidden + self.hidden * self.classes + self.classes
+
 
 def make_data(w: Workload) -> FederatedData:
     """Gaussian features labelled by a random linear teacher; client c holds rows c*50..c*50+49."""
