@@ -55,6 +55,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     cohort = args.cohort or args.clients
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q",
+                       args.base + "^{commit}"], capture_output=True).returncode != 0:
+        p.error(f"--base: no commit {args.base!r} in {ROOT}")
+    if min(args.clients, cohort, args.samples_per_client, args.rounds, args.repeats) < 1 \
+            or cohort > args.clients:
+        p.error("--clients, --cohort (at most --clients), --samples-per-client, --rounds and "
+                "--repeats must be >= 1")
     with tempfile.TemporaryDirectory(prefix="fedsim_before_") as tmp:
         base = Path(tmp) / "src"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base),
