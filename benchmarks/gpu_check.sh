@@ -3,34 +3,55 @@
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR
 #
-# 1. the CUDA tests and three shipped scenarios on the GPU; 2. fedsim vs the hand-written limits (vmapped, fused) at 10k and
-# 100k clients; 3. one round of 1M clients (20 samples each) and of a 100k cohort with
-# the overhead breakdown. Each bench's JSON line goes to OUT_DIR/<name>.json, its report
-# to OUT_DIR/<name>.log. Needs torch with CUDA, numpy, networkx, simpy (fedsim's
-# requirements; flwr and opacus only for the tests that use them).
+# 1. the CUDA tests and three shipped scenarios on the GPU; 2. fedsim vs the hand-written
+# limits (vmapped, fused) at 10k and 100k clients; 3. one round of 1M clients (20 samples
+# each) and of a 100k cohort with the overhead breakdown; 4. benchmarks/gpu_summary.py's
+# table of the targets, OUT_DIR/summary.md. Each bench's JSON line goes to
+# OUT_DIR/<name>.json, its report to OUT_DIR/<name>.log, a line per step to
+# OUT_DIR/status.txt. Needs torch with CUDA, numpy, networkx, simpy, psutil (flwr and
+# opacus are not used). On a lent machine without simpy, see "The GPU check" in
+# docs/performance.md (benchmarks/gpu_wheels.sh fetches it as a wheel).
+#
+# Dry run of every command, small and on the CPU (a minute or two):
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_SMALL=1 bash benchmarks/gpu_check.sh /tmp/gpu_dry
 set -u
 out=${1:?usage: gpu_check.sh OUT_DIR}
 mkdir -p "$out"
+: >"$out/status.txt"
 export PYTHONUNBUFFERED=1 FEDSIM_TORCH_THREADS=1
 py=${PYTHON:-python3}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+dev=${GPU_CHECK_DEVICE:-cuda}
+if [ -n "${GPU_CHECK_SMALL:-}" ]; then k10=200 k100=400 m1=1000; else k10=10000 k100=100000 m1=1000000; fi
+runs=$(mktemp -d)
+trap 'rm -rf "$runs"' EXIT
 
-run() {  # run NAME ARGS...: one bench, JSON line and report kept apart
+note() { echo "$*" | tee -a "$out/status.txt"; }
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$out/gpu.txt"
+fi
+note "device $dev: $(cat "$out/gpu.txt" 2>/dev/null || echo no nvidia-smi); $("$py" -c \
+  'import torch; print("torch", torch.__version__)')"
+
+bench() {  # bench NAME ARGS...: one bench, JSON line and report kept apart
   local name=$1; shift
-  timeout 300 "$py" -m fedsim bench "$@" >"$out/$name.json" 2>"$out/$name.log"
-  echo "$name: exit $? $(tail -c 400 "$out/$name.json")"
+  timeout 300 "$py" -m fedsim bench "$@" --device "$dev" >"$out/$name.json" 2>"$out/$name.log"
+  note "$name: exit $?"
 }
 
-timeout 240 "$py" -m pytest -q -p no:cacheprovider -k "cuda or gpu or device" tests/ \
-  >"$out/tests.log" 2>&1; echo "tests: exit $? $(tail -n 1 "$out/tests.log")"
-for s in quickstart gossip_ring robust_bgmd; do  # end to end on the GPU: CSR, buffer, mixing
-  timeout 120 "$py" -m fedsim run "scenarios/$s.toml" --set device=cuda --set rounds=3 \
-    --out "$out/runs" --overwrite >"$out/run_$s.log" 2>&1; echo "run $s: exit $?"
+# the tests that take a device (CUDA ones skip without a GPU); these files need neither
+# flwr nor opacus
+timeout 240 "$py" -m pytest -o addopts= -q -rfEs -p no:cacheprovider -k "cuda or gpu or device" \
+  tests/test_fastmlp.py tests/test_population.py tests/test_population_semantics.py \
+  tests/test_packaging.py tests/test_resources.py tests/test_server_opt.py \
+  tests/test_round_cost.py >"$out/tests.log" 2>&1
+note "tests: exit $? ($(grep -Eo '[0-9]+ (passed|failed|skipped|errors?)' "$out/tests.log" | xargs))"
+for s in quickstart gossip_ring robust_bgmd; do  # end to end on the device: CSR, buffer, mixing
+  timeout 120 "$py" -m fedsim run "scenarios/$s.toml" --set "device=$dev" --set rounds=3 \
+    --out "$runs" --overwrite >"$out/run_$s.log" 2>&1
+  note "run $s: exit $?"
 done
-run limit_10k limit --device cuda --clients 10000 --rounds 3 --repeats 3 --no-breakdown
-run limit_100k limit --device cuda --clients 100000 --rounds 2 --repeats 2 --no-breakdown \
-  --no-chunked-limit
-run scale_100k scale --device cuda --population 100000 --cohort 100000 \
-  --samples-per-client 10 --rounds 3
-run scale_1m scale --device cuda --population 1000000 --cohort 1000000 \
-  --samples-per-client 20 --rounds 3
+bench limit_10k limit --clients $k10 --rounds 3 --repeats 3 --no-breakdown
+bench limit_100k limit --clients $k100 --rounds 2 --repeats 2 --no-breakdown --no-chunked-limit
+bench scale_100k scale --population $k100 --cohort $k100 --samples-per-client 10 --rounds 3
+bench scale_1m scale --population $m1 --cohort $m1 --samples-per-client 20 --rounds 3
+"$py" benchmarks/gpu_summary.py "$out"
