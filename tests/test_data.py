@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedsim.config import DataConfig
 from fedsim.data import DATASETS, PARTITIONS, FederatedData, load_federated
@@ -289,3 +291,24 @@ def test_cifar10_refuses_pickles_that_run_code(tmp_path):
     cfg = DataConfig(dataset="cifar10", path=str(tmp_path), num_clients=2)
     with pytest.raises(DataError, match="not allowed"):
         load_federated(cfg, seed=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(-2, 12), min_size=1, max_size=5), min_size=1,
+                max_size=5))
+def test_client_index_sets_are_checked_for_range_and_overlap(sets):
+    """Accepted iff every index is in [0, 10) and no index is in two clients' sets; the
+    error names the first client out of range, else the overlap."""
+    x, y = np.zeros((10, 2), np.float32), np.zeros(10, np.int64)
+    ci = tuple(np.asarray(s, dtype=np.int64) for s in sets)
+    bad = [k for k, s in enumerate(sets) if min(s) < 0 or max(s) >= 10]
+    pooled = [i for s in sets for i in s]
+    build = lambda: FederatedData("t", x, y, x, y, ci, 2, (2,))  # noqa: E731
+    if bad:
+        with pytest.raises(ValueError, match=rf"^client {bad[0]}: indices out of range"):
+            build()
+    elif len(set(pooled)) != len(pooled):
+        with pytest.raises(ValueError, match="^client index sets overlap$"):
+            build()
+    else:
+        assert build().client_indices is ci
