@@ -16,10 +16,13 @@
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_SMALL=1 bash benchmarks/gpu_check.sh /tmp/gpu_dry
 set -u
 out=${1:?usage: gpu_check.sh OUT_DIR}
-mkdir -p "$out"
-: >"$out/status.txt"
+mkdir -p "$out" 2>/dev/null && : >"$out/status.txt" 2>/dev/null \
+  || { echo "gpu_check.sh: cannot write to OUT_DIR $out" >&2; exit 2; }
 export PYTHONUNBUFFERED=1 FEDSIM_TORCH_THREADS=1
 py=${PYTHON:-python3}
+if ! "$py" -c 'import torch, numpy, networkx, simpy, psutil' 2>/dev/null; then
+  echo "gpu_check.sh: $py lacks one of torch, numpy, networkx, simpy, psutil" >&2; exit 2
+fi
 dev=${GPU_CHECK_DEVICE:-cuda}
 if [ -n "${GPU_CHECK_SMALL:-}" ]; then k10=200 k100=400 m1=1000; else k10=10000 k100=100000 m1=1000000; fi
 runs=$(mktemp -d)

@@ -87,8 +87,13 @@ def main(argv: list[str]) -> int:
         return 2
     folder = Path(argv[0])
     text = "\n".join(rows(folder)) + "\n"
-    (folder / "summary.md").write_text(text)
     print(text, end="")
+    try:
+        (folder / "summary.md").write_text(text)
+    except OSError as err:  # the table is printed above: nothing is lost
+        print(f"gpu_summary.py: cannot write {folder / 'summary.md'}: {err.strerror}",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -6,8 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
-simpy=$(python3 -c 'import importlib.metadata as m; print(m.version("simpy"))' 2>/dev/null \
-  || .venv/bin/python -c 'import importlib.metadata as m; print(m.version("simpy"))')
+# the simpy fedsim was tested with: the one scripts/setup.sh installed
+if ! simpy=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("simpy"))' \
+    2>/dev/null); then
+  echo "gpu_wheels.sh: no simpy in .venv; run scripts/setup.sh first" >&2; exit 2
+fi
 python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
   --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
   --platform manylinux2014_x86_64 -d .whl "simpy==$simpy"

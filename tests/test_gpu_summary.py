@@ -34,3 +34,17 @@ def test_each_target_is_met_or_not_and_a_missing_bench_says_so(tmp_path):
 def test_a_folder_that_is_not_there_is_one_line(tmp_path, capsys):
     assert gpu_summary.main([str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_folder_it_cannot_write_is_one_line_after_the_table(tmp_path, capsys, monkeypatch):
+    _write(tmp_path, "scale_1m", cohort=1000, round_s=0.5, overhead_us_per_client=0.2,
+           client_updates_per_s=2e3, peak_device_memory_mb=None, device="cpu")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(gpu_summary.Path, "write_text", refuse)
+    assert gpu_summary.main([str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    assert "| round of 1,000 clients (median) | 0.5 s | <= 1.5 s | yes |" in out.out
+    assert out.err.count("\n") == 1 and "Permission denied" in out.err
