@@ -50,8 +50,8 @@ def bench_device(name: str) -> str:
     from fedsim.errors import FedsimError, ScenarioError
     from fedsim.runners import resolve_device
 
-    if name != "cpu" and name != "auto" and name != "cuda" and not (
-            name.startswith("cuda:") and name[5:].isdigit()):
+    if name not in ("cpu", "auto", "cuda") and not (name.startswith("cuda:")
+                                                    and name[5:].isdigit()):
         raise FedsimError(f"--device: must be cpu, cuda, cuda:N or auto, got {name!r}")
     try:
         return resolve_device(name)
